@@ -1,0 +1,140 @@
+"""The migration history of the queuetopia tables: numbered, reversible, append-only.
+
+Each `vNNN_*.py` module has `upgrade(op, prefix)` and `downgrade(op, prefix)` written
+with Alembic operations. `migrate(url_or_engine)` applies them and records the version
+in `<prefix>schema_version`. From your own Alembic environment, call `up(op)` in a
+revision's `upgrade()` and `down(op)` in its `downgrade()` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy.engine import URL, Connection, Engine
+
+from queuetopia_py import defaults
+from queuetopia_py.errors import ConfigurationError
+from queuetopia_py.schema import check_prefix
+
+_MODULES = ["v001_initial"]
+
+
+def _versions() -> list[ModuleType]:
+    return [importlib.import_module(f"{__name__}.{name}") for name in _MODULES]
+
+
+#: The newest schema version.
+LATEST = len(_MODULES)
+
+
+def current_version(connection: Connection, prefix: str = defaults.TABLE_PREFIX) -> int:
+    """The schema version recorded in the database (0 when nothing is installed)."""
+    table = f"{check_prefix(prefix)}schema_version"
+    if not sa.inspect(connection).has_table(table):
+        return 0
+    version = connection.execute(sa.text(f"SELECT MAX(version) FROM {table}")).scalar()
+    return int(version or 0)
+
+
+def _record(op: Operations, prefix: str, version: int) -> None:
+    table = f"{prefix}schema_version"
+    if version == 0:
+        return  # version 1's downgrade dropped the table
+    op.execute(sa.text(f"DELETE FROM {table}"))
+    op.execute(sa.text(f"INSERT INTO {table} (version) VALUES ({int(version)})"))
+
+
+def up(op: Operations, prefix: str = defaults.TABLE_PREFIX, to: int | None = None) -> int:
+    """Upgrade the tables to version `to` (default: the newest) with Alembic operations.
+
+    Use it in a revision of your own Alembic environment::
+
+        from queuetopia_py.migrations import up
+        def upgrade() -> None:
+            up(op)
+    """
+    check_prefix(prefix)
+    target = LATEST if to is None else to
+    if not 0 <= target <= LATEST:
+        raise ConfigurationError(f"to: no schema version {target} (newest is {LATEST})")
+    current = current_version(op.get_bind(), prefix)
+    for number, module in enumerate(_versions()[current:target], start=current + 1):
+        module.upgrade(op, prefix)
+        _record(op, prefix, number)
+    return max(current, target)
+
+
+def down(op: Operations, prefix: str = defaults.TABLE_PREFIX, to: int = 0) -> int:
+    """Downgrade the tables to version `to` (default 0: drop everything)."""
+    check_prefix(prefix)
+    if not 0 <= to <= LATEST:
+        raise ConfigurationError(f"to: no schema version {to} (newest is {LATEST})")
+    current = current_version(op.get_bind(), prefix)
+    modules = _versions()
+    for number in range(current, to, -1):
+        modules[number - 1].downgrade(op, prefix)
+        _record(op, prefix, number - 1)
+    return min(current, to)
+
+
+@contextmanager
+def _migration_lock(connection: Connection, prefix: str) -> Iterator[None]:
+    """Serialize concurrent `migrate` calls (several nodes starting at once)."""
+    name = f"queuetopia_migrate_{prefix}"
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    elif dialect in ("mysql", "mariadb"):
+        connection.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": name})
+        try:
+            yield
+        finally:
+            connection.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+    else:
+        yield  # SQLite: BEGIN IMMEDIATE already serializes writers
+
+
+def migrate(
+    repo: str | URL | Engine,
+    *,
+    prefix: str = defaults.TABLE_PREFIX,
+    to: int | None = None,
+) -> int:
+    """Create or upgrade (or, with a lower `to`, downgrade) the queuetopia tables.
+
+    Idempotent and safe to run from several processes at once. Returns the version.
+
+    >>> migrate("postgresql+psycopg://localhost/app")
+    1
+    """
+    from queuetopia_py.store.database import create_engine, translate
+
+    check_prefix(prefix)
+    engine = repo if isinstance(repo, Engine) else create_engine(repo)
+    try:
+        with engine.connect() as connection, _migration_lock(connection, prefix):
+            connection.commit()
+            with connection.begin():
+                op = Operations(MigrationContext.configure(connection))
+                current = current_version(connection, prefix)
+                target = LATEST if to is None else to
+                if target >= current:
+                    return up(op, prefix, target)
+                return down(op, prefix, target)
+    except sa.exc.DBAPIError as exc:
+        raise translate(exc) from exc
+    finally:
+        if not isinstance(repo, Engine):
+            engine.dispose()

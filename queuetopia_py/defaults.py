@@ -1,0 +1,27 @@
+"""Every default, named once. The docs' configuration reference mirrors this module."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Final
+
+#: How long one attempt may run before it counts as failed with `job_timeout`.
+TIMEOUT: Final = timedelta(seconds=60)
+#: The cap of the exponential retry delay of a failing head job.
+MAX_BACKOFF: Final = timedelta(hours=24)
+#: Attempts after which a job is given up (left undone with its error) and its queue moves on.
+MAX_ATTEMPTS: Final = 20
+#: Seconds between two polls of the database when nothing wakes the scheduler earlier.
+POLL_INTERVAL: Final = 60.0
+#: How long a queue lock outlives its job's timeout, so a dead node's queue is taken over.
+LOCK_MARGIN: Final = timedelta(seconds=1)
+#: Queues one node runs at the same time (one attempt each).
+MAX_CONCURRENCY: Final = 10
+#: Completed jobs older than this are deleted by the cleaner.
+JOB_RETENTION: Final = timedelta(days=7)
+#: Prefix of every table name.
+TABLE_PREFIX: Final = "queuetopia_"
+#: Error recorded for an attempt that outlived its timeout.
+TIMEOUT_ERROR: Final = "job_timeout"
+#: Longest queue, action or scope name accepted.
+MAX_NAME_LENGTH: Final = 255

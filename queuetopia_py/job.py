@@ -1,0 +1,195 @@
+"""The `Job` value and the validation of what `create_job` is given."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from queuetopia_py import defaults
+from queuetopia_py.errors import InvalidJobError
+
+#: What a duration option accepts: seconds or a `timedelta`.
+Duration = int | float | timedelta
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One stored job, as read from the database. Immutable.
+
+    Instants are timezone-aware UTC datetimes; `timeout` and `max_backoff` are timedeltas.
+    `attempts` counts the attempts started so far. A job is *done* when `done_at` is set and
+    *given up* when it used `max_attempts` attempts without success (`next_attempt_at` is
+    then `None`); otherwise it is pending and runs at `next_attempt_at` at the earliest.
+
+    >>> job.params["email_address"]
+    'toto@mail.com'
+    """
+
+    id: int
+    scope: str
+    queue: str
+    action: str
+    params: dict[str, Any]
+    timeout: timedelta
+    max_backoff: timedelta
+    max_attempts: int
+    attempts: int
+    attempted_at: datetime | None
+    attempted_by: str | None
+    next_attempt_at: datetime | None
+    scheduled_at: datetime
+    done_at: datetime | None
+    error: str | None
+    inserted_at: datetime
+
+    @property
+    def sequence(self) -> int:
+        """The creation sequence: ties of `scheduled_at` run in this order."""
+        return self.id
+
+    @property
+    def done(self) -> bool:
+        """Whether an attempt succeeded."""
+        return self.done_at is not None
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the job used all its attempts without success."""
+        return self.done_at is None and self.next_attempt_at is None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """Validated input of `create_job`, ready to be stored."""
+
+    queue: str
+    action: str
+    params: dict[str, Any]
+    timeout: timedelta
+    max_backoff: timedelta
+    max_attempts: int
+    scheduled_at: datetime | None
+
+
+def validate_name(field: str, value: object) -> str:
+    """Return `value` if it is a usable queue, action or scope name, else raise."""
+    if not isinstance(value, str):
+        raise InvalidJobError(field, value, "must be a string")
+    if not value or value.strip() != value:
+        raise InvalidJobError(field, value, "must be non-empty, without leading or trailing spaces")
+    if len(value) > defaults.MAX_NAME_LENGTH:
+        raise InvalidJobError(
+            field, value, f"must be at most {defaults.MAX_NAME_LENGTH} characters"
+        )
+    if "\x00" in value:
+        raise InvalidJobError(field, value, "must not contain NUL characters")
+    return value
+
+
+def to_timedelta(field: str, value: object, *, allow_zero: bool = False) -> timedelta:
+    """Convert seconds or a timedelta to a timedelta, refusing negative (or zero) ones."""
+    if isinstance(value, timedelta):
+        delta = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidJobError(field, value, "must be a finite number of seconds")
+        try:
+            delta = timedelta(seconds=value)
+        except OverflowError:
+            raise InvalidJobError(field, value, "is too large") from None
+    else:
+        raise InvalidJobError(field, value, "must be seconds (int or float) or a timedelta")
+    if delta < timedelta(0) or (delta == timedelta(0) and not allow_zero):
+        raise InvalidJobError(
+            field, value, "must not be negative" if allow_zero else "must be positive"
+        )
+    return delta
+
+
+def to_utc(field: str, value: object) -> datetime:
+    """Return an aware datetime converted to UTC; naive datetimes are refused."""
+    if not isinstance(value, datetime):
+        raise InvalidJobError(field, value, "must be a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidJobError(field, value, "must be timezone-aware (e.g. tzinfo=UTC)")
+    return value.astimezone(UTC)
+
+
+def _check_json(field: str, value: object, depth: int) -> None:
+    if depth > 100:
+        raise InvalidJobError(field, "...", "is nested deeper than 100 levels")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidJobError(field, key, "object keys must be strings")
+            _check_json(field, item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json(field, item, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidJobError(field, value, "NaN and infinities are not JSON")
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise InvalidJobError(field, value, "must hold only JSON values")
+
+
+def to_params(value: object) -> dict[str, Any]:
+    """Validate that `value` is a JSON object and return the copy that will be stored."""
+    if not isinstance(value, Mapping):
+        raise InvalidJobError("params", value, "must be a JSON object (a dict)")
+    _check_json("params", value, 0)
+    # A JSON round trip gives exactly what a reader of the row will get back.
+    loaded: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
+    return loaded
+
+
+def to_max_attempts(value: object) -> int:
+    """Validate `max_attempts`: an int of at least 1."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidJobError("max_attempts", value, "must be an int")
+    if value < 1:
+        raise InvalidJobError("max_attempts", value, "must be at least 1")
+    if value > 2**31 - 1:
+        raise InvalidJobError("max_attempts", value, "is too large")
+    return value
+
+
+def validate_new_job(
+    queue: object,
+    action: object,
+    params: object,
+    *,
+    timeout: object,
+    max_backoff: object,
+    max_attempts: object,
+    scheduled_at: object,
+) -> NewJob:
+    """Check every argument of `create_job`; raise `InvalidJobError` naming the first bad one."""
+    return NewJob(
+        queue=validate_name("queue", queue),
+        action=validate_name("action", action),
+        params=to_params(params),
+        timeout=to_timedelta("timeout", timeout),
+        max_backoff=to_timedelta("max_backoff", max_backoff, allow_zero=True),
+        max_attempts=to_max_attempts(max_attempts),
+        scheduled_at=None if scheduled_at is None else to_utc("scheduled_at", scheduled_at),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """One page of `paginate_jobs`: the jobs and the totals of the whole listing."""
+
+    items: list[Job]
+    total: int
+    page_number: int
+    page_size: int
+
+    @property
+    def total_pages(self) -> int:
+        """Number of pages in the listing (at least 1)."""
+        return max(1, -(-self.total // self.page_size))

@@ -1,0 +1,42 @@
+"""The `Performer` base class: what users subclass to run their jobs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from queuetopia_py.backoff import default_backoff
+from queuetopia_py.job import Job
+
+
+class Performer:
+    """Runs jobs. Subclass it and implement `perform`.
+
+    `perform` returning normally means success; raising means this attempt failed and the
+    job (the head of its queue) is retried after `backoff(job)`, blocking its queue.
+
+    >>> class MailPerformer(Performer):
+    ...     def perform(self, job: Job) -> object:
+    ...         send(job.params["email_address"])
+
+    A performer is instantiated once per Queuetopia instance (or per worker process with
+    `executor="process"`), so it may hold connections and caches.
+    """
+
+    def perform(self, job: Job) -> object:
+        """Run one attempt of `job`. Raise to fail the attempt."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement perform(job)")
+
+    def backoff(self, job: Job) -> timedelta:
+        """The delay before the next attempt of `job`, which just failed.
+
+        `job.attempts` includes the failed attempt. The default is Queuetopia's
+        `min((2**(attempts - 1) + 1) s, max_backoff)`: 2 s, 3 s, 5 s, 9 s ...
+        """
+        return default_backoff(job.attempts - 1, job.max_backoff)
+
+    def handle_failed_job(self, job: Job) -> None:
+        """Called with the updated job after each failed attempt has been recorded.
+
+        Meant for alerting. If it raises, the exception is logged and appended to the
+        job's recorded error; scheduling goes on.
+        """

@@ -1,0 +1,331 @@
+"""The `Queuetopia` facade: options, job creation and queries, start and stop."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import uuid
+import weakref
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any, ClassVar, Literal
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+
+from queuetopia_py import defaults
+from queuetopia_py.errors import ConfigurationError, InvalidJobError
+from queuetopia_py.execution import Executor, ProcessExecutor, ThreadExecutor
+from queuetopia_py.job import (
+    Duration,
+    Job,
+    Page,
+    to_max_attempts,
+    to_timedelta,
+    validate_name,
+    validate_new_job,
+)
+from queuetopia_py.performer import Performer
+from queuetopia_py.scheduler import RunState, Scheduler
+from queuetopia_py.schema import build_tables
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.database import Database, create_engine
+from queuetopia_py.store.jobs import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+def default_node() -> str:
+    """A node name unique to this instance: `host:pid:random`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Every option of a Queuetopia instance, validated. See docs/configuration.md."""
+
+    repo: str | URL | Engine
+    performer: type[Performer] | Performer | None = None
+    scope: str = ""
+    node: str = field(default_factory=default_node)
+    poll_interval: float = defaults.POLL_INTERVAL
+    max_concurrency: int = defaults.MAX_CONCURRENCY
+    executor: Literal["thread", "process"] = "thread"
+    disabled: bool = False
+    table_prefix: str = defaults.TABLE_PREFIX
+    cleanup_interval: float | None = None
+    job_retention: timedelta = defaults.JOB_RETENTION
+    timeout: timedelta = defaults.TIMEOUT
+    max_backoff: timedelta = defaults.MAX_BACKOFF
+    max_attempts: int = defaults.MAX_ATTEMPTS
+
+    @classmethod
+    def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
+        """Validate raw keyword options; raise `ConfigurationError` naming the bad one."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if options.get("repo") is None:
+            raise ConfigurationError("repo: a database URL or SQLAlchemy Engine is required")
+        values = dict(options)
+        values.setdefault("scope", default_scope)
+        try:
+            validate_name("scope", values["scope"])
+            if "node" in values:
+                validate_name("node", values["node"])
+            for name in ("timeout", "max_backoff", "job_retention"):
+                if name in values:
+                    values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
+            if "max_attempts" in values:
+                to_max_attempts(values["max_attempts"])
+            for name in ("poll_interval", "cleanup_interval"):
+                if values.get(name) is not None:
+                    values[name] = to_timedelta(name, values[name]).total_seconds()
+        except InvalidJobError as exc:
+            raise ConfigurationError(str(exc)) from None
+        concurrency = values.get("max_concurrency", defaults.MAX_CONCURRENCY)
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError(f"max_concurrency: must be an int >= 1 (got {concurrency!r})")
+        if values.get("executor", "thread") not in ("thread", "process"):
+            raise ConfigurationError(
+                f"executor: must be 'thread' or 'process' (got {values['executor']!r})"
+            )
+        performer = values.get("performer")
+        if performer is not None and not (
+            isinstance(performer, Performer)
+            or (isinstance(performer, type) and issubclass(performer, Performer))
+        ):
+            raise ConfigurationError(
+                f"performer: must be a Performer subclass or instance (got {performer!r})"
+            )
+        return cls(**values)
+
+
+class Queuetopia:
+    """A scope of strictly ordered, blocking job queues stored in one SQL table.
+
+    Subclass it with options as class keywords, or pass them to the constructor (these
+    win); see `Options` for the list.
+
+    >>> class MailQueue(Queuetopia, repo="sqlite:///jobs.db", performer=MailPerformer):
+    ...     pass
+    >>> mail_queue = MailQueue(poll_interval=1.0)
+    >>> job = mail_queue.create_job("mails_queue_1", "send_mail", {"to": "toto@mail.com"})
+    >>> mail_queue.start()   # returns at once; queues run in the background
+    >>> mail_queue.stop()    # lets running attempts finish
+    """
+
+    _class_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **options: Any) -> None:
+        super().__init_subclass__()
+        cls._class_options = {**cls._class_options, **options}
+
+    def __init__(self, **options: Any) -> None:
+        cls = type(self)
+        self.options = Options.parse(
+            {**cls._class_options, **options}, f"{cls.__module__}.{cls.__qualname__}"
+        )
+        repo = self.options.repo
+        self._owns_engine = not isinstance(repo, Engine)
+        engine = create_engine(repo) if not isinstance(repo, Engine) else repo
+        self._db = Database(engine, build_tables(self.options.table_prefix))
+        self._jobs = JobStore(self._db, self.scope)
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def scope(self) -> str:
+        """The scope: only this scope's jobs are seen, locked and run."""
+        return self.options.scope
+
+    @property
+    def node(self) -> str:
+        """This instance's node name, recorded in locks and in `attempted_by`."""
+        return self.options.node
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine jobs are stored through."""
+        return self._db.engine
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        queue: str,
+        action: str,
+        params: dict[str, Any],
+        *,
+        timeout: Duration | None = None,
+        max_backoff: Duration | None = None,
+        max_attempts: int | None = None,
+        scheduled_at: Any = None,
+        connection: Connection | None = None,
+    ) -> Job:
+        """Store a job at the end of `queue` (created by its first job) and return it.
+
+        `scheduled_at` (an aware datetime) delays the job and orders it in its queue;
+        by default it is the database's now. With `connection`, the job is written in
+        the caller's transaction and exists only if the caller commits.
+        Invalid input raises `InvalidJobError` (a `ValueError`) and writes nothing.
+
+        >>> queue.create_job("mails_queue_1", "send_mail", {"email_address": "a@b.c"},
+        ...                  timeout=30, max_backoff=timedelta(minutes=5))
+        """
+        opts = self.options
+        new = validate_new_job(
+            queue,
+            action,
+            params,
+            timeout=opts.timeout if timeout is None else timeout,
+            max_backoff=opts.max_backoff if max_backoff is None else max_backoff,
+            max_attempts=opts.max_attempts if max_attempts is None else max_attempts,
+            scheduled_at=scheduled_at,
+        )
+        if connection is not None:
+            with self._db.transaction(connection) as conn:
+                job = self._jobs.insert(conn, new)
+            event.listen(connection, "commit", lambda _conn: self._wake(), once=True)
+            return job
+
+        def insert() -> Job:
+            with self._db.transaction() as conn:
+                return self._jobs.insert(conn, new)
+
+        job = self._db.retrying(insert, conflicts_only=True)
+        self._wake()
+        return job
+
+    def get_job(self, job_id: int) -> Job | None:
+        """The job with this id, if it exists in this scope."""
+        return self._jobs.get(job_id)
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        *,
+        action: str | None = None,
+        available: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Job]:
+        """This scope's jobs in queue order, optionally filtered.
+
+        `available=True` keeps pending jobs (neither done nor given up), `False` the others.
+        """
+        return self._jobs.list(
+            queue=queue, action=action, available=available, limit=limit, offset=offset
+        )
+
+    def paginate_jobs(
+        self,
+        page_size: int = 100,
+        page_number: int = 1,
+        *,
+        queue: str | None = None,
+        action: str | None = None,
+        available: bool | None = None,
+    ) -> Page:
+        """One page (numbered from 1) of `list_jobs`, with the listing's total."""
+        for name, value in (("page_size", page_size), ("page_number", page_number)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidJobError(name, value, "must be an int >= 1")
+        items = self._jobs.list(
+            queue=queue,
+            action=action,
+            available=available,
+            limit=page_size,
+            offset=(page_number - 1) * page_size,
+        )
+        total = self._jobs.count(queue=queue, action=action, available=available)
+        return Page(items=items, total=total, page_number=page_number, page_size=page_size)
+
+    def cleanup_jobs(self, older_than: Duration | None = None) -> int:
+        """Delete this scope's jobs completed longer than `older_than` ago (default:
+        the `job_retention` option). Returns how many were deleted."""
+        retention = (
+            self.options.job_retention
+            if older_than is None
+            else to_timedelta("older_than", older_than, allow_zero=True)
+        )
+        deleted = self._jobs.delete_completed(retention)
+        if deleted:
+            logger.info("deleted %d completed jobs", deleted, extra={"scope": self.scope})
+        return deleted
+
+    # -- scheduler ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start running this scope's queues in the background; returns at once.
+
+        Does nothing when the `disabled` option is set (create_job keeps working).
+        """
+        if self.options.disabled:
+            logger.info("scheduler disabled; not starting", extra={"scope": self.scope})
+            return
+        if self._scheduler is not None and self._scheduler.state is not RunState.STOPPED:
+            return
+        performer = self.options.performer
+        if performer is None:
+            raise ConfigurationError("performer: required to start the scheduler")
+        instance = performer() if isinstance(performer, type) else performer
+        executor: Executor = (
+            ProcessExecutor(performer)
+            if self.options.executor == "process"
+            else ThreadExecutor(instance)
+        )
+        self._scheduler = Scheduler(
+            ClaimStore(self._db, self.scope, self.node),
+            executor,
+            instance,
+            poll_interval=self.options.poll_interval,
+            max_concurrency=self.options.max_concurrency,
+            cleaner=self.cleanup_jobs,
+            cleanup_interval=self.options.cleanup_interval,
+        )
+        self._scheduler.start()
+        atexit.register(_stop_at_exit, weakref.ref(self))
+        logger.info("scheduler started", extra={"scope": self.scope, "node": self.node})
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop gracefully: no new attempt starts, running ones finish and are recorded.
+
+        Waits at most `timeout` seconds (None: as long as running attempts take).
+        Returns whether every running attempt finished.
+        """
+        scheduler, self._scheduler = self._scheduler, None
+        finished = True if scheduler is None else scheduler.stop(timeout)
+        if self._owns_engine:
+            self._db.engine.dispose()
+        return finished
+
+    @property
+    def running(self) -> bool:
+        """Whether the scheduler runs."""
+        return self._scheduler is not None and self._scheduler.state is RunState.RUNNING
+
+    def _wake(self) -> None:
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.wake()
+
+    def __enter__(self) -> Queuetopia:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} scope={self.scope!r} node={self.node!r}>"
+
+
+def _stop_at_exit(ref: weakref.ref[Queuetopia]) -> None:
+    instance = ref()
+    if instance is not None and instance.running:
+        instance.stop(timeout=defaults.TIMEOUT.total_seconds())

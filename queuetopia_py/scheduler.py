@@ -1,0 +1,280 @@
+"""The scheduler of one scope on one node: decides what runs next, and runs it.
+
+A dispatcher thread polls when woken: by APScheduler every `poll_interval`, at once by a
+local `create_job` or a finished queue, and at the next due time it learnt from the last
+poll. Each due queue gets a runner thread (up to `max_concurrency`) that claims the
+queue's lock and head, runs the attempt on the executor, records it, and goes on with the
+queue's next job until the queue is empty, blocked or not due.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from queuetopia_py.backoff import default_backoff, next_attempt_at
+from queuetopia_py.execution import Executor, Outcome, describe_exception
+from queuetopia_py.performer import Performer
+from queuetopia_py.store.claims import Claim, ClaimStore
+
+logger = logging.getLogger(__name__)
+
+# After an error in the poll itself (database down...), wait this long, doubling up to
+# the poll interval.
+_ERROR_PAUSE = 0.5
+
+
+class RunState(enum.StrEnum):
+    """Lifecycle of a scheduler."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class Scheduler:
+    """Runs the due queues of one scope on this node. Created and driven by `Queuetopia`."""
+
+    def __init__(
+        self,
+        claims: ClaimStore,
+        executor: Executor,
+        performer: Performer,
+        *,
+        poll_interval: float,
+        max_concurrency: int,
+        cleaner: Callable[[], object] | None = None,
+        cleanup_interval: float | None = None,
+    ) -> None:
+        self.claims = claims
+        self.executor = executor
+        self.performer = performer
+        self.poll_interval = poll_interval
+        self.max_concurrency = max_concurrency
+        self.state = RunState.STOPPED
+        self._cleaner = cleaner
+        self._cleanup_interval = cleanup_interval
+        self._wake = threading.Event()
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+        self._idle = threading.Condition(self._active_lock)
+        self._dispatcher: threading.Thread | None = None
+        self._triggers: BackgroundScheduler | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling and running queues in the background; returns at once."""
+        if self.state is not RunState.STOPPED:
+            return
+        self.state = RunState.RUNNING
+        self._triggers = BackgroundScheduler(daemon=True)
+        self._triggers.add_job(
+            self.wake,
+            "interval",
+            seconds=self.poll_interval,
+            id="poll",
+            coalesce=True,
+            max_instances=1,
+        )
+        if self._cleaner is not None and self._cleanup_interval:
+            self._triggers.add_job(
+                self._clean,
+                "interval",
+                seconds=self._cleanup_interval,
+                id="cleanup",
+                coalesce=True,
+                max_instances=1,
+            )
+        self._triggers.start()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop,
+            name=f"queuetopia-dispatch-{self.claims.scope}",
+            daemon=True,
+        )
+        self._dispatcher.start()
+        self.wake()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop starting attempts, let running ones finish, and release their locks.
+
+        Waits at most `timeout` seconds (None: until running attempts are recorded).
+        Returns whether every runner has finished.
+        """
+        if self.state is RunState.STOPPED:
+            return True
+        self.state = RunState.STOPPING
+        if self._triggers is not None:
+            self._triggers.shutdown(wait=False)
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._active:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._idle.wait(remaining)
+            finished = not self._active
+        self.executor.close()
+        self.state = RunState.STOPPED
+        return finished
+
+    def wake(self) -> None:
+        """Poll now instead of at the next interval."""
+        self._wake.set()
+
+    @property
+    def running_queues(self) -> set[str]:
+        """Queues this node is running now."""
+        with self._active_lock:
+            return set(self._active)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        wait: float | None = 0.0
+        pause = _ERROR_PAUSE
+        while True:
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self.state is not RunState.RUNNING:
+                return
+            try:
+                wait = self._poll()
+                pause = _ERROR_PAUSE
+            except Exception:
+                logger.exception(
+                    "poll failed; retrying in %.1f s", pause, extra={"scope": self.claims.scope}
+                )
+                wait, pause = pause, min(pause * 2, self.poll_interval)
+
+    def _poll(self) -> float | None:
+        with self._active_lock:
+            active = set(self._active)
+        result = self.claims.poll(self.max_concurrency - len(active), active)
+        for queue in result.queues:
+            with self._active_lock:
+                if queue in self._active or len(self._active) >= self.max_concurrency:
+                    continue
+                self._active.add(queue)
+            threading.Thread(
+                target=self._run_queue,
+                args=(queue,),
+                name=f"queuetopia-queue-{queue}",
+                daemon=True,
+            ).start()
+        if result.next_in is None:
+            return None
+        return max(0.0, min(result.next_in.total_seconds(), self.poll_interval))
+
+    def _clean(self) -> None:
+        try:
+            assert self._cleaner is not None
+            self._cleaner()
+        except Exception:
+            logger.exception("job cleanup failed", extra={"scope": self.claims.scope})
+
+    # -- one queue ---------------------------------------------------------------------
+
+    def _run_queue(self, queue: str) -> None:
+        try:
+            while self.state is RunState.RUNNING:
+                started = time.monotonic()
+                claim = self.claims.claim(queue)
+                if not isinstance(claim, Claim):
+                    break
+                self._attempt(claim, started)
+        except Exception:
+            logger.exception(
+                "queue runner failed", extra={"scope": self.claims.scope, "queue": queue}
+            )
+        finally:
+            with self._idle:
+                self._active.discard(queue)
+                self._idle.notify_all()
+            self.wake()
+
+    def _attempt(self, claim: Claim, started: float) -> None:
+        job = claim.job
+        log = {
+            "scope": job.scope,
+            "queue": job.queue,
+            "job_id": job.id,
+            "action": job.action,
+            "attempt": job.attempts,
+        }
+        logger.debug("attempt started", extra=log)
+        # `started` was taken before the claim, so this deadline falls before the lock's
+        # expiry, which the database counted from the claim.
+        outcome = self.executor.run(job, started + job.timeout.total_seconds())
+        if outcome.error is None:
+            if self.claims.record_success(claim) is None:
+                logger.warning("lock lost before the success was recorded", extra=log)
+            else:
+                logger.info("attempt succeeded", extra=log)
+            return
+        self._record_failure(claim, outcome)
+        if outcome.wait_stopped is not None:
+            self._hold_until_stopped(claim, outcome.wait_stopped)
+
+    def _record_failure(self, claim: Claim, outcome: Outcome) -> None:
+        job = claim.job
+        assert outcome.error is not None and job.attempted_at is not None
+        failed = replace(job, error=outcome.error)
+        try:
+            delay = self.performer.backoff(failed)
+            if not isinstance(delay, timedelta) or delay < timedelta(0):
+                raise TypeError(f"backoff() must return a non-negative timedelta, got {delay!r}")
+        except Exception:
+            logger.exception("performer.backoff failed; using the default backoff")
+            delay = default_backoff(job.attempts - 1, job.max_backoff)
+        next_at = next_attempt_at(job.attempted_at, job.attempts, job.max_attempts, delay)
+        recorded = self.claims.record_failure(
+            claim, outcome.error, next_at, keep_lock=outcome.wait_stopped is not None
+        )
+        log = {
+            "scope": job.scope,
+            "queue": job.queue,
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "error": outcome.error.splitlines()[-1],
+        }
+        if recorded is None:
+            logger.warning("lock lost before the failure was recorded", extra=log)
+            return
+        if next_at is None:
+            logger.error("job given up after %d attempts", job.attempts, extra=log)
+        else:
+            logger.warning("attempt failed; retrying at %s", next_at.isoformat(), extra=log)
+        try:
+            self.performer.handle_failed_job(recorded)
+        except Exception as exc:
+            logger.exception("handle_failed_job raised", extra=log)
+            self.claims.set_error(
+                recorded, f"{outcome.error}\n\nhandle_failed_job raised: {describe_exception(exc)}"
+            )
+
+    def _hold_until_stopped(self, claim: Claim, wait_stopped: Callable[[float], bool]) -> None:
+        """Keep the queue locked while a timed-out attempt's thread still runs."""
+        log = {"scope": claim.job.scope, "queue": claim.job.queue, "job_id": claim.job.id}
+        logger.warning("attempt timed out but its thread still runs; queue stays locked", extra=log)
+        period = max(claim.job.timeout.total_seconds() / 2, 0.05)
+        while not wait_stopped(period):
+            if self.state is not RunState.RUNNING:
+                logger.warning(
+                    "stopping while a timed-out attempt still runs; its lock will expire", extra=log
+                )
+                return
+            if not self.claims.renew(claim):
+                logger.error("lock of a still-running timed-out attempt was lost", extra=log)
+                return
+        self.claims.release(claim)

@@ -1,0 +1,219 @@
+"""The database edge: engines, the database clock, transactions, error translation, retries."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, ProgrammingError
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from queuetopia_py.errors import ConfigurationError, DatabaseError, SchemaMissingError
+from queuetopia_py.schema import Tables, UtcDateTime, build_tables
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Drivers used when a URL names only the database ("postgresql://", "mysql://").
+_DEFAULT_DRIVERS = {
+    "postgresql": "psycopg",
+    "postgres": "psycopg",
+    "mysql": "pymysql",
+    "mariadb": "pymysql",
+}
+
+# SQLSTATE codes and MySQL error numbers after which the transaction was rolled back
+# and may simply be run again: serialization failure, deadlock, lock wait timeout.
+_ROLLED_BACK_SQLSTATES = {"40001", "40P01", "55P03"}
+_ROLLED_BACK_MYSQL = {1205, 1213}
+# Lost connections and servers going away: transient, but a commit may or may not
+# have happened, so only idempotent or fenced work retries them.
+_CONNECTION_SQLSTATE_PREFIXES = ("08", "57P")
+_CONNECTION_MYSQL = {2002, 2003, 2006, 2013, 2055, 1927, 1053}
+_MISSING_TABLE_SQLSTATES = {"42P01"}
+_MISSING_TABLE_MYSQL = {1146}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a URL, filling in the supported driver when only the database is named."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError, ValueError...
+        raise ConfigurationError(f"repo: not a database URL ({url!r}): {exc}") from None
+    if "+" not in parsed.drivername and parsed.drivername in _DEFAULT_DRIVERS:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
+    return parsed
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine set up for queuetopia: SQLite gets WAL and `BEGIN IMMEDIATE` transactions."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "repo: an in-memory SQLite database is private to one connection; "
+                "use a file (sqlite:///path/to/jobs.db)"
+            )
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
+        engine = sa.create_engine(parsed, **kwargs)
+        _setup_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    try:
+        return sa.create_engine(parsed, **kwargs)
+    except ModuleNotFoundError as exc:
+        extra = "postgresql" if parsed.get_backend_name() == "postgresql" else "mysql"
+        raise ConfigurationError(
+            f"repo: the driver for {parsed.drivername} is not installed "
+            f"(pip install 'queuetopia_py[{extra}]'): {exc}"
+        ) from None
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Take the write lock up front: no deferred transaction can fail to upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _codes(exc: BaseException) -> tuple[str | None, int | None]:
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    errno: int | None = None
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        errno = args[0]
+    return sqlstate, errno
+
+
+def is_rolled_back_conflict(exc: BaseException) -> bool:
+    """A deadlock, serialization failure or lock timeout: the transaction can be rerun."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate, errno = _codes(exc)
+    if sqlstate in _ROLLED_BACK_SQLSTATES or errno in _ROLLED_BACK_MYSQL:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the error is likely to pass: a conflict or a lost database connection."""
+    if is_rolled_back_conflict(exc):
+        return True
+    if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, BaseException):
+        return is_transient(exc.__cause__)
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate, errno = _codes(exc)
+    if sqlstate and sqlstate.startswith(_CONNECTION_SQLSTATE_PREFIXES):
+        return True
+    return errno in _CONNECTION_MYSQL or (
+        isinstance(exc, OperationalError) and sqlstate is None and errno is None
+    )
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    if isinstance(exc, NoSuchTableError):
+        return True
+    if not isinstance(exc, OperationalError | ProgrammingError):
+        return False
+    sqlstate, errno = _codes(exc)
+    return (
+        sqlstate in _MISSING_TABLE_SQLSTATES
+        or errno in _MISSING_TABLE_MYSQL
+        or "no such table" in str(exc.orig)
+    )
+
+
+def translate(exc: BaseException) -> BaseException:
+    """Our own exception for a driver error (the original is kept as `__cause__`)."""
+    if _is_missing_table(exc):
+        error: DatabaseError = SchemaMissingError(
+            "the queuetopia tables are missing: run `queuetopia migrate URL` "
+            f"or queuetopia_py.migrate(url) first ({exc.__class__.__name__})"
+        )
+    else:
+        text = str(getattr(exc, "orig", exc)).strip().splitlines()
+        error = DatabaseError(f"database error: {text[0] if text else exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+class Database:
+    """One engine and the tables of one prefix, with the database's clock."""
+
+    def __init__(self, engine: Engine, tables: Tables | None = None) -> None:
+        self.engine = engine
+        self.tables = tables or build_tables()
+        self.dialect = engine.dialect.name
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        """The database's current time as an SQL expression (SQLite: this machine's)."""
+        if self.dialect == "postgresql":
+            return sa.func.now(type_=UtcDateTime())
+        if self.dialect in ("mysql", "mariadb"):
+            return sa.literal_column("UTC_TIMESTAMP(6)", UtcDateTime())
+        # SQLite runs in this process: its clock is this machine's.
+        return sa.bindparam(None, datetime.now(UTC), type_=UtcDateTime())
+
+    @contextmanager
+    def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
+        """A short transaction (or the caller's `connection`), with errors translated."""
+        try:
+            if connection is not None:
+                yield connection
+                return
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+        except NoSuchTableError as exc:
+            raise translate(exc) from exc
+
+    def retrying(
+        self, fn: Callable[[], T], *, conflicts_only: bool = False, max_seconds: float = 30.0
+    ) -> T:
+        """Run `fn` (one whole transaction), retrying transient failures with a bounded backoff.
+
+        `conflicts_only` limits retries to deadlocks and serialization failures, whose
+        transaction surely rolled back: for work that must not run twice.
+        """
+
+        def retryable(exc: BaseException) -> bool:
+            cause = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+            if cause is None:
+                return False
+            return is_rolled_back_conflict(cause) if conflicts_only else is_transient(cause)
+
+        retryer = Retrying(
+            retry=retry_if_exception(retryable),
+            stop=stop_after_delay(max_seconds),
+            wait=wait_exponential_jitter(initial=0.02, max=2.0),
+            before_sleep=before_sleep_log(logger, logging.WARNING),
+            reraise=True,
+        )
+        return retryer(fn)

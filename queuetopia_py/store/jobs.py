@@ -1,0 +1,159 @@
+"""Statements that create, read, page through and clean up jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from queuetopia_py.job import Job, NewJob
+from queuetopia_py.store.database import Database
+
+
+def _us(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
+
+
+def row_to_job(row: Row[Any]) -> Job:
+    """Build a `Job` value from a row of the jobs table."""
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        scope=m["scope"],
+        queue=m["queue"],
+        action=m["action"],
+        params=m["params"],
+        timeout=timedelta(microseconds=m["timeout_us"]),
+        max_backoff=timedelta(microseconds=m["max_backoff_us"]),
+        max_attempts=m["max_attempts"],
+        attempts=m["attempts"],
+        attempted_at=m["attempted_at"],
+        attempted_by=m["attempted_by"],
+        next_attempt_at=m["next_attempt_at"],
+        scheduled_at=m["scheduled_at"],
+        done_at=m["done_at"],
+        error=m["error"],
+        inserted_at=m["inserted_at"],
+    )
+
+
+def pending(jobs: sa.Table) -> sa.ColumnElement[bool]:
+    """Jobs neither done nor given up."""
+    return sa.and_(jobs.c.done_at.is_(None), jobs.c.next_attempt_at.is_not(None))
+
+
+class JobStore:
+    """Enqueue and read jobs of one scope."""
+
+    def __init__(self, db: Database, scope: str) -> None:
+        self.db = db
+        self.scope = scope
+        self.jobs = db.tables.jobs
+
+    def insert(self, conn: Connection, new: NewJob) -> Job:
+        """Insert one job; its `scheduled_at` defaults to the database's now."""
+        jobs = self.jobs
+        now = self.db.now()
+        scheduled: sa.ColumnElement[datetime] = (
+            now
+            if new.scheduled_at is None
+            else sa.bindparam(None, new.scheduled_at, type_=jobs.c.scheduled_at.type)
+        )
+        stmt = jobs.insert().values(
+            scope=self.scope,
+            queue=new.queue,
+            action=new.action,
+            params=new.params,
+            timeout_us=_us(new.timeout),
+            max_backoff_us=_us(new.max_backoff),
+            max_attempts=new.max_attempts,
+            attempts=0,
+            scheduled_at=scheduled,
+            next_attempt_at=scheduled,
+            inserted_at=now,
+        )
+        if conn.dialect.insert_returning:
+            return row_to_job(conn.execute(stmt.returning(*jobs.c)).one())
+        (job_id,) = conn.execute(stmt).inserted_primary_key or (None,)
+        return row_to_job(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one())
+
+    def _select(self) -> sa.Select[Any]:
+        return sa.select(self.jobs).where(self.jobs.c.scope == self.scope)
+
+    def _filtered(
+        self, stmt: sa.Select[Any], queue: str | None, action: str | None, available: bool | None
+    ) -> sa.Select[Any]:
+        jobs = self.jobs
+        if queue is not None:
+            stmt = stmt.where(jobs.c.queue == queue)
+        if action is not None:
+            stmt = stmt.where(jobs.c.action == action)
+        if available is not None:
+            stmt = stmt.where(pending(jobs) if available else sa.not_(pending(jobs)))
+        return stmt
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id in this scope, or None."""
+        with self.db.transaction() as conn:
+            row = conn.execute(self._select().where(self.jobs.c.id == job_id)).first()
+        return None if row is None else row_to_job(row)
+
+    def list(
+        self,
+        *,
+        queue: str | None = None,
+        action: str | None = None,
+        available: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs of this scope in queue order (`scheduled_at`, then sequence)."""
+        jobs = self.jobs
+        stmt = self._filtered(self._select(), queue, action, available)
+        stmt = stmt.order_by(jobs.c.scheduled_at, jobs.c.id).offset(offset).limit(limit)
+        with self.db.transaction() as conn:
+            return [row_to_job(r) for r in conn.execute(stmt)]
+
+    def count(
+        self,
+        *,
+        queue: str | None = None,
+        action: str | None = None,
+        available: bool | None = None,
+    ) -> int:
+        """How many jobs `list` would return without a limit."""
+        stmt = (
+            sa.select(sa.func.count()).select_from(self.jobs).where(self.jobs.c.scope == self.scope)
+        )
+        stmt = self._filtered(stmt, queue, action, available)
+        with self.db.transaction() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def delete_completed(self, older_than: timedelta, batch_size: int = 1000) -> int:
+        """Delete this scope's jobs completed more than `older_than` ago, in small batches."""
+        jobs = self.jobs
+        deleted = 0
+        while True:
+            with self.db.transaction() as conn:
+                cutoff = conn.execute(sa.select(self.db.now())).scalar_one() - older_than
+                ids: Sequence[int] = (
+                    conn.execute(
+                        sa.select(jobs.c.id)
+                        .where(
+                            jobs.c.scope == self.scope,
+                            jobs.c.done_at.is_not(None),
+                            jobs.c.done_at < cutoff,
+                        )
+                        .limit(batch_size)
+                    )
+                    .scalars()
+                    .all()
+                )
+                if ids:
+                    conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < batch_size:
+                return deleted
