@@ -17,7 +17,8 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from queuetopia_py.errors import ConfigurationError, DatabaseError, SchemaMissingError
@@ -212,7 +213,7 @@ class Database:
         retryer = Retrying(
             retry=retry_if_exception(retryable),
             stop=stop_after_delay(max_seconds),
-            wait=wait_exponential_jitter(initial=0.02, max=2.0),
+            wait=wait_exponential(multiplier=0.02, max=2.0) + wait_random(0, 0.02),
             before_sleep=before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )

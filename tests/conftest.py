@@ -1,0 +1,117 @@
+"""Fixtures shared by every test: one fresh database per test and per backend.
+
+Backends: SQLite always; PostgreSQL and MariaDB when reachable. Their admin URLs come
+from QUEUETOPIA_TEST_POSTGRESQL_URL and QUEUETOPIA_TEST_MARIADB_URL (defaults: the local
+servers). A backend named in QUEUETOPIA_REQUIRE_DATABASES (comma separated, or "all")
+fails its tests when unreachable instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from queuetopia_py import Queuetopia, migrate
+
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+ADMIN_URLS = {
+    "postgresql": os.environ.get(
+        "QUEUETOPIA_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get(
+        "QUEUETOPIA_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+}
+
+
+def _required() -> set[str]:
+    raw = os.environ.get("QUEUETOPIA_REQUIRE_DATABASES", "")
+    names = {n.strip() for n in raw.split(",") if n.strip()}
+    return set(BACKENDS) if "all" in names else names
+
+
+@cache
+def _unreachable(backend: str) -> str | None:
+    """Why `backend` cannot be used here, or None when it can."""
+    if backend == "sqlite":
+        return None
+    try:
+        engine = sa.create_engine(ADMIN_URLS[backend], connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"{backend} unreachable at {ADMIN_URLS[backend]}: {exc.__class__.__name__}: {exc}"
+    return None
+
+
+def require_backend(backend: str) -> None:
+    """Skip (or fail, when required) a test whose backend is not reachable."""
+    reason = _unreachable(backend)
+    if reason is None:
+        return
+    if backend in _required():
+        pytest.fail(f"{reason} (required by QUEUETOPIA_REQUIRE_DATABASES)", pytrace=False)
+    pytest.skip(reason)
+
+
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """Create an empty database, yield its URL, drop it afterwards."""
+    require_backend(backend)
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queuetopia.db'}"
+        return
+    name = f"qt_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(ADMIN_URLS[backend], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        url = sa.make_url(ADMIN_URLS[backend]).set(database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if backend == "postgresql" else ""
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh, empty database of the current backend."""
+    yield from fresh_database(backend, tmp_path)
+
+
+@pytest.fixture
+def url(db_url: str) -> str:
+    """The URL of a fresh database with the queuetopia tables installed."""
+    migrate(db_url)
+    return db_url
+
+
+@pytest.fixture
+def make_queue(url: str) -> Iterator[Callable[..., Queuetopia]]:
+    """Build Queuetopia instances on the test database; all are stopped afterwards."""
+    made: list[Queuetopia] = []
+
+    def make(cls: type[Queuetopia] = Queuetopia, **options: Any) -> Queuetopia:
+        options.setdefault("repo", url)
+        instance = cls(**options)
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        instance.stop(timeout=30)

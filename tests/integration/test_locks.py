@@ -1,0 +1,205 @@
+"""Queue locks: exclusivity, take-over after expiry, fencing, and the database clock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import wait_until
+from freezegun import freeze_time
+
+from queuetopia_py import Job, Performer, Queuetopia
+from queuetopia_py.store.claims import Busy, Claim, ClaimStore, NotDue
+
+
+def _claims(queue: Queuetopia, node: str) -> ClaimStore:
+    return ClaimStore(queue._db, queue.scope, node)
+
+
+def _expire_lock(queue: Queuetopia, name: str) -> None:
+    locks = queue._db.tables.locks
+    with queue.engine.begin() as conn:
+        conn.execute(
+            locks.update()
+            .where(locks.c.queue == name)
+            .values(locked_until=datetime.now(UTC) - timedelta(hours=1))
+        )
+
+
+def test_a_claimed_queue_is_busy_for_every_other_node(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {}, timeout=30)
+    claim = _claims(queue, "node-a").claim("q")
+    assert isinstance(claim, Claim) and claim.job.attempts == 1
+    assert isinstance(_claims(queue, "node-b").claim("q"), Busy)
+    assert isinstance(_claims(queue, "node-a").claim("q"), Busy)  # even for its holder
+
+
+def test_the_lock_lives_the_job_timeout_plus_one_second(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {}, timeout=5)
+    store = _claims(queue, "node-a")
+    claim = store.claim("q")
+    assert isinstance(claim, Claim)
+    (lock,) = store.locks_held()
+    assert lock["locked_until"] - lock["locked_at"] == timedelta(seconds=6)
+    assert lock["locked_by_node"] == "node-a" and lock["token"] == claim.token
+    assert claim.job.attempted_at == lock["locked_at"]
+
+
+def test_concurrent_claims_of_one_queue_give_exactly_one_winner(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {})
+    barrier = threading.Barrier(8)
+    results: list[object] = []
+
+    def claim(i: int) -> None:
+        store = _claims(queue, f"node-{i}")
+        barrier.wait()
+        results.append(store.claim("q"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, Claim) for r in results) == 1
+    assert all(isinstance(r, Claim | Busy) for r in results)
+    assert queue.list_jobs()[0].attempts == 1
+
+
+def test_an_expired_lock_is_taken_over_and_its_old_holder_cannot_record(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue()
+    job = queue.create_job("q", "a", {}, timeout=30)
+    old, new = _claims(queue, "old"), _claims(queue, "new")
+    old_claim = old.claim("q")
+    assert isinstance(old_claim, Claim)
+    _expire_lock(queue, "q")
+    new_claim = new.claim("q")
+    assert isinstance(new_claim, Claim) and new_claim.job.attempts == 2
+    # The old holder wakes up late: nothing it records lands.
+    assert old.record_success(old_claim) is None
+    assert old.record_failure(old_claim, "late", None, keep_lock=False) is None
+    assert not old.renew(old_claim)
+    old.release(old_claim)
+    assert new.locks_held()[0]["token"] == new_claim.token
+    assert queue.get_job(job.id).done_at is None
+    assert new.record_success(new_claim) is not None
+    stored = queue.get_job(job.id)
+    assert stored.done and stored.attempted_by == "new" and stored.error is None
+    assert new.locks_held() == []
+
+
+def test_polling_sweeps_expired_locks(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {}, timeout=30)
+    store = _claims(queue, "a")
+    assert isinstance(store.claim("q"), Claim)
+    assert store.poll(10, set()).queues == []  # locked: not offered
+    _expire_lock(queue, "q")
+    assert store.poll(10, set()).queues == ["q"]
+    assert store.locks_held() == []
+
+
+def test_poll_offers_only_queues_whose_head_is_due(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("blocked", "a", {})
+    queue.create_job("blocked", "a", {})
+    queue.create_job("free", "a", {})
+    store = _claims(queue, "a")
+    claim = store.claim("blocked")
+    assert isinstance(claim, Claim)
+    retry_at = claim.job.attempted_at + timedelta(minutes=10)
+    store.record_failure(claim, "boom", retry_at, keep_lock=False)
+    result = store.poll(10, set())
+    assert result.queues == ["free"]
+    assert isinstance(store.claim("blocked"), NotDue)
+    assert result.next_in is not None and timedelta(minutes=9) < result.next_in
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_a_node_whose_clock_is_ahead_neither_steals_a_live_lock_nor_runs_early(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue()
+    queue.create_job("locked", "a", {}, timeout=60)
+    later = queue.create_job(
+        "future", "a", {}, scheduled_at=datetime.now(UTC) + timedelta(minutes=30)
+    )
+    holder = _claims(queue, "holder")
+    assert isinstance(holder.claim("locked"), Claim)
+    with freeze_time(datetime.now(UTC) + timedelta(hours=2)):  # this node's clock is off
+        skewed = _claims(queue, "skewed")
+        assert isinstance(skewed.claim("locked"), Busy)
+        assert isinstance(skewed.claim("future"), NotDue)
+        assert skewed.poll(10, set()).queues == []
+    assert queue.get_job(later.id).attempts == 0
+
+
+def test_a_node_killed_mid_attempt_is_taken_over_after_its_lock_expires(
+    make_queue: Callable,
+) -> None:
+    """A crashed holder (its lock left behind) delays its queue by the lock's lifetime."""
+    queue = make_queue()
+    job = queue.create_job("q", "a", {}, timeout=0.5)
+    crashed = _claims(queue, "crashed")
+    assert isinstance(crashed.claim("q"), Claim)  # ... and the node dies here
+    started = time.monotonic()
+    done = threading.Event()
+
+    class Record(Performer):
+        def perform(self, job: Job) -> object:
+            done.set()
+            return None
+
+    survivor = make_queue(performer=Record, poll_interval=30)
+    survivor.start()
+    assert done.wait(20)
+    took = time.monotonic() - started
+    assert 1.0 <= took < 10  # not before the lock (0.5 s + 1 s) expired
+    survivor.stop()
+    assert queue.get_job(job.id).done and queue.get_job(job.id).attempts == 2
+
+
+class _KillsItself(Performer):
+    def perform(self, job: Job) -> object:
+        if job.attempts == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return None
+
+
+class _Hangs(Performer):
+    def perform(self, job: Job) -> object:
+        if job.attempts == 1:
+            time.sleep(3600)
+        return None
+
+
+def test_process_executor_survives_a_worker_that_dies_mid_attempt(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue(performer=_KillsItself, executor="process")
+    job = queue.create_job("q", "a", {}, max_backoff=0)
+    queue.start()
+    wait_until(lambda: queue.get_job(job.id).done, 60, "job done")
+    stored = queue.get_job(job.id)
+    assert stored.done and stored.attempts == 2
+    assert "worker process exited" in (stored.error or "")
+
+
+def test_process_executor_kills_an_attempt_at_its_timeout_and_frees_the_queue(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue(performer=_Hangs, executor="process")
+    job = queue.create_job("q", "a", {}, timeout=1, max_backoff=0)
+    queue.start()
+    wait_until(lambda: queue.get_job(job.id).done, 60, "job done")
+    stored = queue.get_job(job.id)
+    assert stored.done and stored.attempts == 2 and stored.error == "job_timeout"
