@@ -62,6 +62,7 @@ class Scheduler:
         self._cleaner = cleaner
         self._cleanup_interval = cleanup_interval
         self._wake = threading.Event()
+        self._starved = False
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
         self._idle = threading.Condition(self._active_lock)
@@ -160,8 +161,11 @@ class Scheduler:
     def _poll(self) -> float | None:
         with self._active_lock:
             active = set(self._active)
-        result = self.claims.poll(self.max_concurrency - len(active), active)
-        for queue in result.queues:
+        free = self.max_concurrency - len(active)
+        # One more than we can start tells whether due queues are left waiting.
+        result = self.claims.poll(free + 1, active)
+        self._starved = len(result.queues) > free
+        for queue in result.queues[:free]:
             with self._active_lock:
                 if queue in self._active or len(self._active) >= self.max_concurrency:
                     continue
@@ -193,6 +197,10 @@ class Scheduler:
                 if not isinstance(claim, Claim):
                     break
                 self._attempt(claim, started)
+                if self._starved:
+                    # Other due queues wait for a free runner: hand this one back so the
+                    # next poll serves the oldest due work first.
+                    break
         except Exception:
             logger.exception(
                 "queue runner failed", extra={"scope": self.claims.scope, "queue": queue}

@@ -326,3 +326,18 @@ def test_a_performer_that_raises_never_stops_the_scheduler(
     queue.start()
     wait_until(lambda: all(queue.get_job(j.id).given_up for j in jobs), 60, "jobs given up")
     assert queue.running
+
+
+def test_a_busy_queue_does_not_starve_others_when_every_runner_is_taken(
+    make_queue: Callable,
+) -> None:
+    recorder = Recorder()
+    queue = make_queue(performer=recorder, max_concurrency=1)
+    for i in range(3):
+        queue.create_job("busy", "a", {"i": i})
+    queue.create_job("other", "a", {"i": "other"})
+    for i in range(3, 6):
+        queue.create_job("busy", "a", {"i": i})
+    queue.start()
+    recorder.wait(lambda r: len(r.finished) == 7)
+    assert [j.params["i"] for j in recorder.started] == [0, 1, 2, "other", 3, 4, 5]
