@@ -69,7 +69,8 @@ def test_concurrent_claims_of_one_queue_give_exactly_one_winner(make_queue: Call
     for t in threads:
         t.join()
     assert sum(isinstance(r, Claim) for r in results) == 1
-    assert all(isinstance(r, Claim | Busy) for r in results)
+    # the losers either saw the lock (Busy) or skipped the head being claimed (None)
+    assert all(r is None or isinstance(r, Claim | Busy) for r in results)
     assert queue.list_jobs()[0].attempts == 1
 
 
