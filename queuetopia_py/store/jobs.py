@@ -135,8 +135,8 @@ class JobStore:
     def delete_completed(self, older_than: timedelta, batch_size: int = 1000) -> int:
         """Delete this scope's jobs completed more than `older_than` ago, in small batches."""
         jobs = self.jobs
-        deleted = 0
-        while True:
+
+        def batch() -> int:
             with self.db.transaction() as conn:
                 cutoff = conn.execute(sa.select(self.db.now())).scalar_one() - older_than
                 ids: Sequence[int] = (
@@ -154,6 +154,12 @@ class JobStore:
                 )
                 if ids:
                     conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
-            deleted += len(ids)
-            if len(ids) < batch_size:
+            return len(ids)
+
+        deleted = 0
+        while True:
+            # Deleting done jobs is idempotent: every transient failure may be retried.
+            count = self.db.retrying(batch)
+            deleted += count
+            if count < batch_size:
                 return deleted

@@ -341,3 +341,10 @@ def test_a_busy_queue_does_not_starve_others_when_every_runner_is_taken(
     queue.start()
     recorder.wait(lambda r: len(r.finished) == 7)
     assert [j.params["i"] for j in recorder.started] == [0, 1, 2, "other", 3, 4, 5]
+
+
+def test_the_cleaner_runs_on_its_interval_when_enabled(make_queue: Callable) -> None:
+    queue = make_queue(performer=Recorder(), cleanup_interval=0.2, job_retention=0)
+    done = queue.create_job("q", "a", {})
+    queue.start()
+    wait_until(lambda: queue.get_job(done.id) is None, 30, "completed job cleaned up")
