@@ -40,7 +40,7 @@ def row_to_job(row: Row[Any]) -> Job:
     )
 
 
-def pending(jobs: sa.Table) -> sa.ColumnElement[bool]:
+def pending(jobs: sa.FromClause) -> sa.ColumnElement[bool]:
     """Jobs neither done nor given up."""
     return sa.and_(jobs.c.done_at.is_(None), jobs.c.next_attempt_at.is_not(None))
 
