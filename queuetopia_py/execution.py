@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -155,6 +155,10 @@ class ProcessExecutor:
     def __init__(self, performer: type[Performer] | Performer) -> None:
         self.performer = performer
         self._context = multiprocessing.get_context("spawn")
+        # Linux delivers PR_SET_PDEATHSIG when the *thread* that started a worker ends,
+        # so workers are started from this one thread, which lives as long as the
+        # executor, never from the short-lived queue runners.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queuetopia-spawner")
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -166,6 +170,9 @@ class ProcessExecutor:
                 if worker.process.is_alive():
                     return worker
                 worker.conn.close()
+        return self._spawner.submit(self._spawn).result()
+
+    def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._context.Pipe()
         process = self._context.Process(
             target=_worker_main,
@@ -210,3 +217,4 @@ class ProcessExecutor:
             idle, self._idle = self._idle, []
         for worker in idle:
             self._kill(worker)
+        self._spawner.shutdown(wait=False)

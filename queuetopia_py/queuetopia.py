@@ -31,7 +31,7 @@ from queuetopia_py.performer import Performer
 from queuetopia_py.scheduler import RunState, Scheduler
 from queuetopia_py.schema import build_tables
 from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.database import Database, create_engine
+from queuetopia_py.store.database import Database, check_schema, create_engine
 from queuetopia_py.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,14 @@ class Options:
                     values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
             if "max_attempts" in values:
                 to_max_attempts(values["max_attempts"])
-            for name in ("poll_interval", "cleanup_interval"):
-                if values.get(name) is not None:
-                    values[name] = to_timedelta(name, values[name]).total_seconds()
+            if "poll_interval" in values:
+                values["poll_interval"] = to_timedelta(
+                    "poll_interval", values["poll_interval"]
+                ).total_seconds()
+            if values.get("cleanup_interval") is not None:
+                values["cleanup_interval"] = to_timedelta(
+                    "cleanup_interval", values["cleanup_interval"]
+                ).total_seconds()
         except InvalidJobError as exc:
             raise ConfigurationError(str(exc)) from None
         concurrency = values.get("max_concurrency", defaults.MAX_CONCURRENCY)
@@ -137,6 +142,7 @@ class Queuetopia:
         self._db = Database(engine, build_tables(self.options.table_prefix))
         self._jobs = JobStore(self._db, self.scope)
         self._scheduler: Scheduler | None = None
+        self._stop_at_exit_registered = False
 
     @property
     def scope(self) -> str:
@@ -273,6 +279,7 @@ class Queuetopia:
         performer = self.options.performer
         if performer is None:
             raise ConfigurationError("performer: required to start the scheduler")
+        check_schema(self._db)
         instance = performer() if isinstance(performer, type) else performer
         executor: Executor = (
             ProcessExecutor(performer)
@@ -289,7 +296,9 @@ class Queuetopia:
             cleanup_interval=self.options.cleanup_interval,
         )
         self._scheduler.start()
-        atexit.register(_stop_at_exit, weakref.ref(self))
+        if not self._stop_at_exit_registered:
+            atexit.register(_stop_at_exit, weakref.ref(self))
+            self._stop_at_exit_registered = True
         logger.info("scheduler started", extra={"scope": self.scope, "node": self.node})
 
     def stop(self, timeout: float | None = None) -> bool:

@@ -21,8 +21,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from queuetopia_py.backoff import default_backoff, next_attempt_at
 from queuetopia_py.execution import Executor, Outcome, describe_exception
+from queuetopia_py.job import Job
 from queuetopia_py.performer import Performer
-from queuetopia_py.store.claims import Claim, ClaimStore
+from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Scheduler:
         self._cleanup_interval = cleanup_interval
         self._wake = threading.Event()
         self._starved = False
+        self._holding: set[str] = set()
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
         self._idle = threading.Condition(self._active_lock)
@@ -119,12 +121,22 @@ class Scheduler:
             self._dispatcher.join(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._active:
+            # Runners that only hold the lock of a timed-out, unkillable thread are not
+            # waited for: they keep renewing it until the thread returns or this
+            # process exits (then the lock expires).
+            while self._active - self._holding:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
                 self._idle.wait(remaining)
-            finished = not self._active
+            finished = not self._active - self._holding
+            if self._holding:
+                logger.warning(
+                    "stopped while timed-out attempts still run in queues %s; their locks "
+                    "are renewed until they return",
+                    sorted(self._holding),
+                    extra={"scope": self.claims.scope},
+                )
         self.executor.close()
         self.state = RunState.STOPPED
         return finished
@@ -194,6 +206,9 @@ class Scheduler:
             while self.state is RunState.RUNNING:
                 started = time.monotonic()
                 claim = self.claims.claim(queue)
+                if isinstance(claim, Interrupted):
+                    self._report_interrupted(claim.job)
+                    continue
                 if not isinstance(claim, Claim):
                     break
                 self._attempt(claim, started)
@@ -223,10 +238,18 @@ class Scheduler:
         logger.debug("attempt started", extra=log)
         # `started` was taken before the claim, so this deadline falls before the lock's
         # expiry, which the database counted from the claim.
-        outcome = self.executor.run(job, started + job.timeout.total_seconds())
+        try:
+            outcome = self.executor.run(job, started + job.timeout.total_seconds())
+        except Exception as exc:  # the executor itself failed (e.g. unpicklable performer)
+            logger.exception("executor failed to run the attempt", extra=log)
+            outcome = Outcome(describe_exception(exc))
         if outcome.error is None:
             if self.claims.record_success(claim) is None:
-                logger.warning("lock lost before the success was recorded", extra=log)
+                logger.warning(
+                    "success not recorded: the attempt was recorded already or its lock was "
+                    "taken over",
+                    extra=log,
+                )
             else:
                 logger.info("attempt succeeded", extra=log)
             return
@@ -257,32 +280,48 @@ class Scheduler:
             "error": outcome.error.splitlines()[-1],
         }
         if recorded is None:
-            logger.warning("lock lost before the failure was recorded", extra=log)
+            logger.warning(
+                "failure not recorded: the attempt was recorded already or its lock was taken over",
+                extra=log,
+            )
             return
         if next_at is None:
             logger.error("job given up after %d attempts", job.attempts, extra=log)
         else:
             logger.warning("attempt failed; retrying at %s", next_at.isoformat(), extra=log)
+        self._call_failed_hook(recorded, outcome.error, log)
+
+    def _call_failed_hook(self, job: Job, error: str, log: dict[str, object]) -> None:
         try:
-            self.performer.handle_failed_job(recorded)
+            self.performer.handle_failed_job(job)
         except Exception as exc:
             logger.exception("handle_failed_job raised", extra=log)
             self.claims.set_error(
-                recorded, f"{outcome.error}\n\nhandle_failed_job raised: {describe_exception(exc)}"
+                job, f"{error}\n\nhandle_failed_job raised: {describe_exception(exc)}"
             )
+
+    def _report_interrupted(self, job: Job) -> None:
+        log = {"scope": job.scope, "queue": job.queue, "job_id": job.id, "attempt": job.attempts}
+        logger.error("job given up: its final attempt was interrupted", extra=log)
+        self._call_failed_hook(job, job.error or "", log)
 
     def _hold_until_stopped(self, claim: Claim, wait_stopped: Callable[[float], bool]) -> None:
         """Keep the queue locked while a timed-out attempt's thread still runs."""
         log = {"scope": claim.job.scope, "queue": claim.job.queue, "job_id": claim.job.id}
         logger.warning("attempt timed out but its thread still runs; queue stays locked", extra=log)
+        # Renew even while stopping: exclusivity holds for as long as this process (and
+        # so the thread) lives; once the process exits, the lock simply expires.
         period = max(claim.job.timeout.total_seconds() / 2, 0.05)
-        while not wait_stopped(period):
-            if self.state is not RunState.RUNNING:
-                logger.warning(
-                    "stopping while a timed-out attempt still runs; its lock will expire", extra=log
-                )
-                return
-            if not self.claims.renew(claim):
-                logger.error("lock of a still-running timed-out attempt was lost", extra=log)
-                return
-        self.claims.release(claim)
+        with self._idle:
+            self._holding.add(claim.job.queue)
+            self._idle.notify_all()
+        try:
+            while not wait_stopped(period):
+                if not self.claims.renew(claim):
+                    logger.error("lock of a still-running timed-out attempt was lost", extra=log)
+                    return
+            self.claims.release(claim)
+        finally:
+            with self._idle:
+                self._holding.discard(claim.job.queue)
+                self._idle.notify_all()

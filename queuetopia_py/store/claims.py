@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from queuetopia_py.backoff import is_due, lock_lifetime
+from queuetopia_py.backoff import default_backoff, is_due, lock_lifetime
 from queuetopia_py.errors import DatabaseError
 from queuetopia_py.job import Job
 from queuetopia_py.store.database import Database, is_rolled_back_conflict
@@ -45,6 +45,14 @@ class Busy:
 
 
 @dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The head's final attempt was started but never recorded (its node died): the job
+    has just been given up, and the queue may go on."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
 class PollResult:
     """Due, unlocked queues, and how long until the next known due time (if any)."""
 
@@ -54,6 +62,16 @@ class PollResult:
 
 class _LockTaken(Exception):
     pass
+
+
+def interrupted_error(job: Job) -> str:
+    """The error recorded for a job whose final attempt was never recorded."""
+    note = (
+        f"attempt {job.attempts} (started by {job.attempted_by} at "
+        f"{job.attempted_at.isoformat() if job.attempted_at else '?'}) was interrupted before "
+        "its result was recorded; no attempt left: given up"
+    )
+    return f"{job.error}\n\n{note}" if job.error else note
 
 
 class ClaimStore:
@@ -126,13 +144,13 @@ class ClaimStore:
 
         return self.db.retrying(run)
 
-    def claim(self, queue: str) -> Claim | NotDue | Busy | None:
+    def claim(self, queue: str) -> Claim | NotDue | Busy | Interrupted | None:
         """Take `queue`'s lock and its head job if the head is due.
 
         None when the queue is empty or its head is being claimed by another node.
         """
 
-        def run() -> Claim | NotDue | Busy | None:
+        def run() -> Claim | NotDue | Busy | Interrupted | None:
             jobs, locks = self.jobs, self.locks
             try:
                 head = jobs.alias("head")
@@ -158,6 +176,14 @@ class ClaimStore:
                     if not is_due(job.next_attempt_at, now):
                         assert job.next_attempt_at is not None
                         return NotDue(job.next_attempt_at - now)
+                    if job.attempts >= job.max_attempts:
+                        error = interrupted_error(job)
+                        conn.execute(
+                            jobs.update()
+                            .where(jobs.c.id == job.id)
+                            .values(next_attempt_at=None, error=error)
+                        )
+                        return Interrupted(replace(job, next_attempt_at=None, error=error))
                     conn.execute(
                         locks.delete().where(self._lock_of(queue), locks.c.locked_until <= now)
                     )
@@ -176,15 +202,26 @@ class ClaimStore:
                         )
                     except IntegrityError as exc:
                         raise _LockTaken from exc
+                    # Until the attempt is recorded, it counts as failed: should this node
+                    # die, the job is retried after the default backoff, and given up
+                    # once it has used its last attempt.
+                    retry_at = now + default_backoff(job.attempts, job.max_backoff)
                     conn.execute(
                         jobs.update()
                         .where(jobs.c.id == job.id)
                         .values(
-                            attempts=jobs.c.attempts + 1, attempted_at=now, attempted_by=self.node
+                            attempts=jobs.c.attempts + 1,
+                            attempted_at=now,
+                            attempted_by=self.node,
+                            next_attempt_at=retry_at,
                         )
                     )
                     claimed = replace(
-                        job, attempts=job.attempts + 1, attempted_at=now, attempted_by=self.node
+                        job,
+                        attempts=job.attempts + 1,
+                        attempted_at=now,
+                        attempted_by=self.node,
+                        next_attempt_at=retry_at,
                     )
                     return Claim(claimed, token, until)
             except _LockTaken:

@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    DBAPIError,
+    NoSuchModuleError,
+    NoSuchTableError,
+    OperationalError,
+    ProgrammingError,
+)
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -74,6 +80,11 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     try:
         return sa.create_engine(parsed, **kwargs)
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"repo: unsupported database {parsed.drivername!r} "
+            "(use sqlite, postgresql+psycopg or mysql+pymysql)"
+        ) from None
     except ModuleNotFoundError as exc:
         extra = "postgresql" if parsed.get_backend_name() == "postgresql" else "mysql"
         raise ConfigurationError(
@@ -129,9 +140,12 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if exc.connection_invalidated:
         return True
+    if _is_missing_table(exc) or type(exc.orig).__module__.startswith("sqlite3"):
+        return False  # SQLite's transient error, "database is locked", is a conflict above
     sqlstate, errno = _codes(exc)
     if sqlstate and sqlstate.startswith(_CONNECTION_SQLSTATE_PREFIXES):
         return True
+    # A driver error without a code is how psycopg and PyMySQL report a failed connect.
     return errno in _CONNECTION_MYSQL or (
         isinstance(exc, OperationalError) and sqlstate is None and errno is None
     )
@@ -218,3 +232,19 @@ class Database:
             reraise=True,
         )
         return retryer(fn)
+
+
+def check_schema(db: Database) -> None:
+    """Raise `SchemaMissingError` unless the tables are at the newest schema version."""
+    from queuetopia_py.migrations import LATEST, current_version
+
+    try:
+        with db.engine.connect() as conn:
+            version = current_version(conn, db.tables.prefix)
+    except DBAPIError as exc:
+        raise translate(exc) from exc
+    if version < LATEST:
+        raise SchemaMissingError(
+            f"the queuetopia tables are at schema version {version}, this version needs "
+            f"{LATEST}: run `queuetopia migrate URL` or queuetopia_py.migrate(url) first"
+        )

@@ -176,9 +176,8 @@ def test_cleanup_deletes_only_old_completed_jobs_of_its_own_scope(
     assert [j.id for j in mails.list_jobs()] == [pending.id]
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_create_job_on_an_unreachable_database_raises_a_clear_error(backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("an embedded database is never unreachable")
     urls = {
         "postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/x?connect_timeout=2",
         "mariadb": "mysql+pymysql://root@127.0.0.1:1/x?connect_timeout=2",

@@ -33,7 +33,7 @@ def _expire_lock(queue: Queuetopia, name: str) -> None:
 
 def test_a_claimed_queue_is_busy_for_every_other_node(make_queue: Callable) -> None:
     queue = make_queue()
-    queue.create_job("q", "a", {}, timeout=30)
+    queue.create_job("q", "a", {}, timeout=30, max_backoff=0)
     claim = _claims(queue, "node-a").claim("q")
     assert isinstance(claim, Claim) and claim.job.attempts == 1
     assert isinstance(_claims(queue, "node-b").claim("q"), Busy)
@@ -54,7 +54,7 @@ def test_the_lock_lives_the_job_timeout_plus_one_second(make_queue: Callable) ->
 
 def test_concurrent_claims_of_one_queue_give_exactly_one_winner(make_queue: Callable) -> None:
     queue = make_queue()
-    queue.create_job("q", "a", {})
+    queue.create_job("q", "a", {}, max_backoff=0)
     barrier = threading.Barrier(8)
     results: list[object] = []
 
@@ -78,7 +78,7 @@ def test_an_expired_lock_is_taken_over_and_its_old_holder_cannot_record(
     make_queue: Callable,
 ) -> None:
     queue = make_queue()
-    job = queue.create_job("q", "a", {}, timeout=30)
+    job = queue.create_job("q", "a", {}, timeout=30, max_backoff=0)
     old, new = _claims(queue, "old"), _claims(queue, "new")
     old_claim = old.claim("q")
     assert isinstance(old_claim, Claim)
@@ -100,7 +100,7 @@ def test_an_expired_lock_is_taken_over_and_its_old_holder_cannot_record(
 
 def test_polling_sweeps_expired_locks(make_queue: Callable) -> None:
     queue = make_queue()
-    queue.create_job("q", "a", {}, timeout=30)
+    queue.create_job("q", "a", {}, timeout=30, max_backoff=0)
     store = _claims(queue, "a")
     assert isinstance(store.claim("q"), Claim)
     assert store.poll(10, set()).queues == []  # locked: not offered
@@ -130,7 +130,7 @@ def test_a_node_whose_clock_is_ahead_neither_steals_a_live_lock_nor_runs_early(
     make_queue: Callable,
 ) -> None:
     queue = make_queue()
-    queue.create_job("locked", "a", {}, timeout=60)
+    queue.create_job("locked", "a", {}, timeout=60, max_backoff=0)
     later = queue.create_job(
         "future", "a", {}, scheduled_at=datetime.now(UTC) + timedelta(minutes=30)
     )
@@ -204,3 +204,104 @@ def test_process_executor_kills_an_attempt_at_its_timeout_and_frees_the_queue(
     wait_until(lambda: queue.get_job(job.id).done, 60, "job done")
     stored = queue.get_job(job.id)
     assert stored.done and stored.attempts == 2 and stored.error == "job_timeout"
+
+
+class _Brief(Performer):
+    def perform(self, job: Job) -> object:
+        time.sleep(0.05)
+        return None
+
+
+def test_process_workers_outlive_the_queue_runners_that_started_them(
+    make_queue: Callable,
+) -> None:
+    # Runners come and go (queues are handed back when others wait); workers are reused
+    # across them and must never be killed mid-attempt when a runner thread ends.
+    queue = make_queue(performer=_Brief, executor="process", max_concurrency=2)
+    jobs = [queue.create_job(f"q{q}", "a", {"i": i}) for i in range(4) for q in range(4)]
+    queue.start()
+    wait_until(lambda: all(queue.get_job(j.id).done for j in jobs), 90, "all jobs done")
+    assert [(queue.get_job(j.id).attempts, queue.get_job(j.id).error) for j in jobs] == [
+        (1, None)
+    ] * len(jobs)
+
+
+def test_a_job_whose_final_attempt_was_interrupted_is_given_up_and_its_queue_goes_on(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue()
+    last_chance = queue.create_job("q", "a", {}, timeout=0.2, max_attempts=1, max_backoff=0)
+    after = queue.create_job("q", "a", {})
+    crashed = _claims(queue, "crashed")
+    assert isinstance(crashed.claim("q"), Claim)  # ... and the node dies here
+    done = threading.Event()
+    failed: list[Job] = []
+
+    class Record(Performer):
+        def perform(self, job: Job) -> object:
+            done.set()
+            return None
+
+        def handle_failed_job(self, job: Job) -> None:
+            failed.append(job)
+
+    make_queue(performer=Record).start()
+    assert done.wait(20)
+    given_up = queue.get_job(last_chance.id)
+    assert given_up.given_up and given_up.attempts == 1
+    assert "interrupted" in (given_up.error or "") and "crashed" in (given_up.error or "")
+    assert [j.id for j in failed] == [last_chance.id]
+    wait_until(lambda: queue.get_job(after.id).done, 20, "next job done")
+
+
+def test_an_interrupted_attempt_counts_as_failed_and_backs_off(make_queue: Callable) -> None:
+    queue = make_queue()
+    job = queue.create_job("q", "a", {}, timeout=30)
+    claim = _claims(queue, "crashed").claim("q")
+    assert isinstance(claim, Claim)
+    stored = queue.get_job(job.id)
+    assert stored.next_attempt_at == stored.attempted_at + timedelta(seconds=2)
+
+
+class _Unpicklable(Performer):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def perform(self, job: Job) -> object:
+        return None
+
+
+def test_an_executor_that_cannot_run_the_attempt_records_a_failure(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue(performer=_Unpicklable(), executor="process")
+    job = queue.create_job("q", "a", {}, max_attempts=1)
+    queue.start()
+    wait_until(lambda: queue.get_job(job.id).given_up, 60, "job given up")
+    assert "pickle" in (queue.get_job(job.id).error or "")
+
+
+def test_stop_leaves_a_timed_out_thread_holding_its_queue_until_it_returns(
+    make_queue: Callable,
+) -> None:
+    release = threading.Event()
+
+    class Stuck(Performer):
+        def perform(self, job: Job) -> object:
+            release.wait(60)
+            return None
+
+    queue = make_queue(performer=Stuck)
+    queue.create_job("q", "a", {}, timeout=0.2)
+    queue.start()
+    claims = _claims(queue, "observer")
+    wait_until(lambda: queue.list_jobs()[0].error == "job_timeout", 20, "timed out")
+    assert queue.stop(timeout=5)  # not held up by the unkillable thread
+    first = claims.locks_held()[0]["locked_until"]
+    wait_until(
+        lambda: claims.locks_held() and claims.locks_held()[0]["locked_until"] > first,
+        20,
+        "lock renewed after stop",
+    )
+    release.set()
+    wait_until(lambda: claims.locks_held() == [], 20, "lock released once the thread returned")

@@ -5,7 +5,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from queuetopia_py import Queuetopia, SchemaMissingError, migrate
+from queuetopia_py import Performer, Queuetopia, SchemaMissingError, migrate
 from queuetopia_py.migrations import LATEST
 from queuetopia_py.schema import build_tables
 from queuetopia_py.store.database import create_engine
@@ -70,6 +70,13 @@ def test_jobs_on_an_unmigrated_database_raise_schema_missing(db_url: str) -> Non
     with pytest.raises(SchemaMissingError, match="queuetopia migrate"):
         queue.create_job("q", "a", {})
     queue.stop()
+
+
+def test_starting_on_an_unmigrated_database_raises_schema_missing(db_url: str) -> None:
+    queue = Queuetopia(repo=db_url, performer=Performer)
+    with pytest.raises(SchemaMissingError, match="queuetopia migrate"):
+        queue.start()
+    assert not queue.running
 
 
 def test_a_custom_table_prefix_keeps_its_own_tables(db_url: str) -> None:

@@ -54,6 +54,8 @@ def test_each_instance_gets_its_own_node_name(tmp_path) -> None:
         ({"repo": "not a url"}, "repo"),
         ({"repo": "sqlite://"}, "in-memory"),
         ({"poll_interval": 0}, "poll_interval"),
+        ({"poll_interval": None}, "poll_interval"),
+        ({"repo": "foo://x"}, "unsupported database"),
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"executor": "fiber"}, "executor"),
         ({"performer": object()}, "performer"),
