@@ -176,14 +176,6 @@ class ClaimStore:
                     if not is_due(job.next_attempt_at, now):
                         assert job.next_attempt_at is not None
                         return NotDue(job.next_attempt_at - now)
-                    if job.attempts >= job.max_attempts:
-                        error = interrupted_error(job)
-                        conn.execute(
-                            jobs.update()
-                            .where(jobs.c.id == job.id)
-                            .values(next_attempt_at=None, error=error)
-                        )
-                        return Interrupted(replace(job, next_attempt_at=None, error=error))
                     conn.execute(
                         locks.delete().where(self._lock_of(queue), locks.c.locked_until <= now)
                     )
@@ -202,6 +194,19 @@ class ClaimStore:
                         )
                     except IntegrityError as exc:
                         raise _LockTaken from exc
+                    if job.attempts >= job.max_attempts:
+                        # Its final attempt started but was never recorded, and its lock
+                        # has expired (we just took it): that node is gone. Give up.
+                        error = interrupted_error(job)
+                        conn.execute(
+                            jobs.update()
+                            .where(jobs.c.id == job.id)
+                            .values(next_attempt_at=None, error=error)
+                        )
+                        conn.execute(
+                            locks.delete().where(self._lock_of(queue), locks.c.token == token)
+                        )
+                        return Interrupted(replace(job, next_attempt_at=None, error=error))
                     # Until the attempt is recorded, it counts as failed: should this node
                     # die, the job is retried after the default backoff, and given up
                     # once it has used its last attempt.

@@ -305,3 +305,17 @@ def test_stop_leaves_a_timed_out_thread_holding_its_queue_until_it_returns(
     )
     release.set()
     wait_until(lambda: claims.locks_held() == [], 20, "lock released once the thread returned")
+
+
+def test_a_final_attempt_still_running_under_its_lock_is_not_given_up(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue()
+    job = queue.create_job("q", "a", {}, timeout=30, max_attempts=1, max_backoff=0)
+    holder = _claims(queue, "holder")
+    claim = holder.claim("q")
+    assert isinstance(claim, Claim)  # due again at once (max_backoff=0), but locked
+    assert isinstance(_claims(queue, "other").claim("q"), Busy)
+    assert not queue.get_job(job.id).given_up
+    assert holder.record_success(claim) is not None
+    assert queue.get_job(job.id).done
