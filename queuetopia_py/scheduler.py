@@ -1,10 +1,13 @@
 """The scheduler of one scope on one node: decides what runs next, and runs it.
 
 A dispatcher thread polls when woken: by APScheduler every `poll_interval`, at once by a
-local `create_job` or a finished queue, and at the next due time it learnt from the last
-poll. Each due queue gets a runner thread (up to `max_concurrency`) that claims the
-queue's lock and head, runs the attempt on the executor, records it, and goes on with the
-queue's next job until the queue is empty, blocked or not due.
+local `create_job` or when a runner ends, and at the next due time it learnt from the
+last poll. A poll lists due queues, oldest due work first; up to `max_concurrency` runner
+threads take them. A runner claims its queue's lock and head, runs the attempt on the
+executor, records it, and goes on with the queue's next job. When other listed queues
+wait for a runner, it hands its queue back to the end of that line after each job (round
+robin); when its queue is empty or not due, it takes the next waiting one, and ends when
+none is left.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -23,13 +27,16 @@ from queuetopia_py.backoff import default_backoff, next_attempt_at
 from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.job import Job
 from queuetopia_py.performer import Performer
-from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted
+from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue
 
 logger = logging.getLogger(__name__)
 
 # After an error in the poll itself (database down...), wait this long, doubling up to
 # the poll interval.
 _ERROR_PAUSE = 0.5
+# A poll lists this many due queues beyond the free runners, so that runners go on
+# with waiting queues without polling again.
+_EXTRA_LISTED = 100
 
 
 class RunState(enum.StrEnum):
@@ -63,9 +70,12 @@ class Scheduler:
         self._cleaner = cleaner
         self._cleanup_interval = cleanup_interval
         self._wake = threading.Event()
-        self._starved = False
         self._holding: set[str] = set()
         self._active: set[str] = set()
+        # Due queues listed by the last poll that no runner has taken yet.
+        self._waiting: deque[str] = deque()
+        # Queues whose head is not due yet: left aside until that monotonic time.
+        self._not_due: dict[str, float] = {}
         self._active_lock = threading.Lock()
         self._idle = threading.Condition(self._active_lock)
         self._dispatcher: threading.Thread | None = None
@@ -172,25 +182,27 @@ class Scheduler:
 
     def _poll(self) -> float | None:
         with self._active_lock:
-            active = set(self._active)
-        free = self.max_concurrency - len(active)
-        # One more than we can start tells whether due queues are left waiting.
-        result = self.claims.poll(free + 1, active)
-        self._starved = len(result.queues) > free
-        for queue in result.queues[:free]:
-            with self._active_lock:
-                if queue in self._active or len(self._active) >= self.max_concurrency:
-                    continue
+            now = time.monotonic()
+            self._not_due = {q: t for q, t in self._not_due.items() if t > now}
+            exclude = self._active | set(self._not_due)
+            free = self.max_concurrency - len(self._active)
+        result = self.claims.poll(free + _EXTRA_LISTED, exclude)
+        to_start = []
+        with self._active_lock:
+            self._waiting = deque(q for q in result.queues if q not in self._active)
+            while self._waiting and len(self._active) < self.max_concurrency:
+                queue = self._waiting.popleft()
                 self._active.add(queue)
+                to_start.append(queue)
+            next_local = min(self._not_due.values(), default=None)
+        for queue in to_start:
             threading.Thread(
-                target=self._run_queue,
-                args=(queue,),
-                name=f"queuetopia-queue-{queue}",
-                daemon=True,
+                target=self._run, args=(queue,), name="queuetopia-runner", daemon=True
             ).start()
-        if result.next_in is None:
-            return None
-        return max(0.0, min(result.next_in.total_seconds(), self.poll_interval))
+        waits = [] if result.next_in is None else [result.next_in.total_seconds()]
+        if next_local is not None:
+            waits.append(next_local - time.monotonic())
+        return max(0.0, min(waits)) if waits else None
 
     def _clean(self) -> None:
         try:
@@ -201,29 +213,53 @@ class Scheduler:
 
     # -- one queue ---------------------------------------------------------------------
 
-    def _run_queue(self, queue: str) -> None:
+    def _next_queue(self, queue: str, *, more: bool) -> str | None:
+        """The queue a runner goes on with after `queue` (None: the runner ends).
+
+        `more` says `queue` may have more due work: it stays with this runner unless
+        other queues wait, in which case it goes to the end of their line.
+        """
+        with self._idle:
+            if more and not self._waiting:
+                return queue
+            self._active.discard(queue)
+            if more:
+                self._waiting.append(queue)
+            now = time.monotonic()
+            while self._waiting and self.state is RunState.RUNNING:
+                candidate = self._waiting.popleft()
+                if candidate not in self._active and self._not_due.get(candidate, 0) <= now:
+                    self._active.add(candidate)
+                    return candidate
+            self._idle.notify_all()
+            return None
+
+    def _run(self, first: str) -> None:
+        queue: str | None = first
         try:
-            while self.state is RunState.RUNNING:
+            while queue is not None and self.state is RunState.RUNNING:
                 started = time.monotonic()
                 claim = self.claims.claim(queue)
                 if isinstance(claim, Interrupted):
                     self._report_interrupted(claim.job)
-                    continue
-                if not isinstance(claim, Claim):
-                    break
-                self._attempt(claim, started)
-                if self._starved:
-                    # Other due queues wait for a free runner: hand this one back so the
-                    # next poll serves the oldest due work first.
-                    break
+                elif isinstance(claim, NotDue):
+                    with self._active_lock:
+                        self._not_due[queue] = time.monotonic() + claim.wait.total_seconds()
+                    queue = self._next_queue(queue, more=False)
+                elif isinstance(claim, Claim):
+                    self._attempt(claim, started)
+                    queue = self._next_queue(queue, more=True)
+                else:  # empty, or claimed by another node
+                    queue = self._next_queue(queue, more=False)
         except Exception:
             logger.exception(
                 "queue runner failed", extra={"scope": self.claims.scope, "queue": queue}
             )
         finally:
-            with self._idle:
-                self._active.discard(queue)
-                self._idle.notify_all()
+            if queue is not None:
+                with self._idle:
+                    self._active.discard(queue)
+                    self._idle.notify_all()
             self.wake()
 
     def _attempt(self, claim: Claim, started: float) -> None:

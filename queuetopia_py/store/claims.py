@@ -88,7 +88,8 @@ class ClaimStore:
         return sa.and_(self.locks.c.scope == self.scope, self.locks.c.queue == queue)
 
     def poll(self, limit: int, exclude: set[str]) -> PollResult:
-        """Release expired locks, then list up to `limit` queues whose head is due."""
+        """Release expired locks, then list up to `limit` unlocked queues with due work,
+        leaving out `exclude`."""
 
         def run() -> PollResult:
             jobs, locks = self.jobs, self.locks
@@ -97,38 +98,27 @@ class ClaimStore:
                 conn.execute(
                     locks.delete().where(locks.c.scope == self.scope, locks.c.locked_until <= now)
                 )
-                queues: list[str] = []
-                if limit > 0:
-                    head = jobs.alias("head")
-                    earlier = sa.exists().where(
-                        head.c.scope == jobs.c.scope,
-                        head.c.queue == jobs.c.queue,
-                        head.c.done_at.is_(None),
-                        head.c.next_attempt_at.is_not(None),
-                        sa.or_(
-                            head.c.scheduled_at < jobs.c.scheduled_at,
-                            sa.and_(
-                                head.c.scheduled_at == jobs.c.scheduled_at, head.c.id < jobs.c.id
-                            ),
+                # Queues with a due pending job, oldest due first. A queue whose head
+                # waits (backing off) while later jobs are due is listed too: its claim
+                # answers NotDue and the scheduler leaves it aside until then.
+                due = sa.func.min(jobs.c.next_attempt_at)
+                stmt = (
+                    sa.select(jobs.c.queue)
+                    .where(
+                        jobs.c.scope == self.scope,
+                        jobs.c.done_at.is_(None),
+                        jobs.c.next_attempt_at <= now,
+                        ~sa.exists().where(
+                            locks.c.scope == jobs.c.scope, locks.c.queue == jobs.c.queue
                         ),
                     )
-                    locked = sa.exists().where(
-                        locks.c.scope == jobs.c.scope, locks.c.queue == jobs.c.queue
-                    )
-                    stmt = (
-                        sa.select(jobs.c.queue)
-                        .where(
-                            jobs.c.scope == self.scope,
-                            jobs.c.done_at.is_(None),
-                            jobs.c.next_attempt_at <= now,
-                            ~earlier,
-                            ~locked,
-                        )
-                        .order_by(jobs.c.next_attempt_at, jobs.c.id)
-                        .limit(limit + len(exclude))
-                    )
-                    found = conn.execute(stmt).scalars().all()
-                    queues = [q for q in found if q not in exclude][:limit]
+                    .group_by(jobs.c.queue)
+                    .order_by(due, jobs.c.queue)
+                    .limit(limit)
+                )
+                if exclude:
+                    stmt = stmt.where(jobs.c.queue.not_in(sorted(exclude)))
+                queues = list(conn.execute(stmt).scalars().all()) if limit > 0 else []
                 next_job = conn.execute(
                     sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
                         jobs.c.scope == self.scope,

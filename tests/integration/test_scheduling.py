@@ -340,7 +340,8 @@ def test_a_busy_queue_does_not_starve_others_when_every_runner_is_taken(
         queue.create_job("busy", "a", {"i": i})
     queue.start()
     recorder.wait(lambda r: len(r.finished) == 7)
-    assert [j.params["i"] for j in recorder.started] == [0, 1, 2, "other", 3, 4, 5]
+    # Round robin between the due queues: "other" gets the runner after one "busy" job.
+    assert [j.params["i"] for j in recorder.started] == [0, "other", 1, 2, 3, 4, 5]
 
 
 def test_the_cleaner_runs_on_its_interval_when_enabled(make_queue: Callable) -> None:
@@ -348,3 +349,30 @@ def test_the_cleaner_runs_on_its_interval_when_enabled(make_queue: Callable) -> 
     done = queue.create_job("q", "a", {})
     queue.start()
     wait_until(lambda: queue.get_job(done.id) is None, 30, "completed job cleaned up")
+
+
+def test_a_blocked_queue_is_left_aside_until_its_head_is_due(make_queue: Callable) -> None:
+    class LongBackoff(Recorder):
+        def backoff(self, job: Job) -> timedelta:
+            return timedelta(hours=1)
+
+    recorder = LongBackoff(lambda job: 1 / 0 if job.queue == "blocked" else None)
+    queue = make_queue(performer=recorder)
+    queue.create_job("blocked", "a", {})
+    queue.create_job("blocked", "a", {})  # due, but behind the failing head
+    queue.start()
+    recorder.wait(lambda r: len(r.failed) == 1)
+    claims = queue._scheduler.claims
+    seen: list[str] = []
+    original = claims.claim
+
+    def counting(name: str):  # type: ignore[no-untyped-def]
+        seen.append(name)
+        return original(name)
+
+    claims.claim = counting  # type: ignore[method-assign]
+    for i in range(20):  # every create_job wakes the scheduler for a new poll
+        queue.create_job(f"other{i}", "a", {})
+    recorder.wait(lambda r: len([j for j in r.finished if j.queue != "blocked"]) == 20)
+    assert seen.count("blocked") <= 1
+    assert recorder.order("blocked") == [None]
