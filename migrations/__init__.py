@@ -13,15 +13,17 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from sqlalchemy.engine import URL, Connection, Engine
 
 from queuetopia_py import defaults
 from queuetopia_py.errors import ConfigurationError
 from queuetopia_py.schema import check_prefix
+
+if TYPE_CHECKING:  # alembic loads only when migrating: worker processes stay light
+    from alembic.operations import Operations
 
 _MODULES = ["v001_initial"]
 
@@ -119,6 +121,9 @@ def migrate(
     >>> migrate("postgresql+psycopg://localhost/app")
     1
     """
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
     from queuetopia_py.store.database import create_engine, translate
 
     check_prefix(prefix)

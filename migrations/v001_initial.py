@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic.operations import Operations
 
 from queuetopia_py.schema import UtcDateTime, id_type, name_type, table_options
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
 
 
 def upgrade(op: Operations, prefix: str) -> None:

@@ -32,6 +32,8 @@ from queuetopia_py.performer import Performer
 logger = logging.getLogger(__name__)
 
 _MAX_ERROR_LENGTH = 8000
+# How long a new worker process may take to import the performer and say it is ready.
+_WORKER_START_TIMEOUT = 120.0
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -58,6 +60,14 @@ class Executor(Protocol):
 
     def run(self, job: Job, deadline: float) -> Outcome:
         """Run `performer.perform(job)`, giving up at `deadline`."""
+        ...
+
+    def prepare(self) -> None:
+        """Get ready for this thread's next `run` (before the queue is claimed)."""
+        ...
+
+    def release(self) -> None:
+        """Give back what `prepare` held for this thread (its runner ends)."""
         ...
 
     def close(self) -> None:
@@ -99,33 +109,46 @@ class ThreadExecutor:
             return Outcome(describe_exception(exc))
         return Outcome(None)
 
+    def prepare(self) -> None:
+        """Nothing to prepare: each attempt gets a new thread."""
+
+    def release(self) -> None:
+        """Nothing held."""
+
     def close(self) -> None:
         """Nothing to release: attempt threads end by themselves."""
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     # Linux: the kernel kills this worker when its parent dies, so a killed node
-    # leaves no attempt running behind it.
+    # leaves no attempt running behind it. The parent may have died while this
+    # interpreter was still starting, before the request could be made: check after.
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    parent = os.getppid()
+    if os.getppid() != parent:
+        os._exit(1)
 
-    def watch() -> None:
+    def watch() -> None:  # elsewhere, and as a second line of defence
         while True:
             if os.getppid() != parent:
                 os._exit(1)
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(conn: Connection, performer: type[Performer] | Performer) -> None:
-    """Body of a worker process: run the jobs sent on `conn`, one at a time."""
+def _worker_main(conn: Connection, performer: type[Performer] | Performer, parent: int) -> None:
+    """Body of a worker process: say it is ready, then run the jobs sent on `conn`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _die_with_parent()
-    instance = performer() if isinstance(performer, type) else performer
+    _die_with_parent(parent)
+    try:
+        instance = performer() if isinstance(performer, type) else performer
+    except BaseException as exc:
+        conn.send(("broken", describe_exception(exc)))
+        return
+    conn.send(("ready", None))
     while True:
         try:
             job = conn.recv()
@@ -137,6 +160,10 @@ def _worker_main(conn: Connection, performer: type[Performer] | Performer) -> No
         except BaseException as exc:
             reply = ("error", describe_exception(exc))
         conn.send(reply)
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not be started (its performer failed to load)."""
 
 
 @dataclass
@@ -160,6 +187,7 @@ class ProcessExecutor:
         # executor, never from the short-lived queue runners.
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queuetopia-spawner")
         self._idle: list[_Worker] = []
+        self._reserved = threading.local()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -176,13 +204,50 @@ class ProcessExecutor:
         parent_conn, child_conn = self._context.Pipe()
         process = self._context.Process(
             target=_worker_main,
-            args=(child_conn, self.performer),
+            args=(child_conn, self.performer, os.getpid()),
             daemon=True,
             name="queuetopia-worker",
         )
         process.start()
         child_conn.close()
-        return _Worker(process, parent_conn)
+        worker = _Worker(process, parent_conn)
+        try:
+            if not parent_conn.poll(_WORKER_START_TIMEOUT):
+                raise WorkerStartError(f"worker process not ready in {_WORKER_START_TIMEOUT} s")
+            status, error = parent_conn.recv()
+        except (EOFError, OSError):
+            status, error = "broken", f"worker process exited (exit code {process.exitcode})"
+        except WorkerStartError:
+            self._kill(worker)
+            raise
+        if status != "ready":
+            self._kill(worker)
+            raise WorkerStartError(f"worker process could not load the performer: {error}")
+        return worker
+
+    def prepare(self) -> None:
+        """Hold a started, ready worker for this thread's next attempt.
+
+        Called before a queue is claimed, so that a worker's start-up never eats into an
+        attempt's timeout or its lock's lifetime.
+        """
+        worker: _Worker | None = getattr(self._reserved, "worker", None)
+        if worker is None or not worker.process.is_alive():
+            self._reserved.worker = self._take()
+
+    def release(self) -> None:
+        """Give this thread's held worker back to the pool."""
+        worker: _Worker | None = getattr(self._reserved, "worker", None)
+        self._reserved.worker = None
+        if worker is not None:
+            self._put_back(worker)
+
+    def _put_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(worker)
+                return
+        self._kill(worker)
 
     def _kill(self, worker: _Worker) -> None:
         with contextlib.suppress(Exception):
@@ -192,7 +257,10 @@ class ProcessExecutor:
 
     def run(self, job: Job, deadline: float) -> Outcome:
         """Send the attempt to a worker; kill the worker if it is not done by `deadline`."""
-        worker = self._take()
+        worker: _Worker | None = getattr(self._reserved, "worker", None)
+        self._reserved.worker = None
+        if worker is None or not worker.process.is_alive():
+            worker = self._take()
         try:
             worker.conn.send(job)
             if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
@@ -203,11 +271,7 @@ class ProcessExecutor:
             self._kill(worker)
             code = worker.process.exitcode
             return Outcome(f"worker process exited during the attempt (exit code {code})")
-        with self._lock:
-            if self._closed:
-                self._kill(worker)
-            else:
-                self._idle.append(worker)
+        self._put_back(worker)
         return Outcome(None if status == "ok" else error)
 
     def close(self) -> None:

@@ -37,6 +37,9 @@ _ERROR_PAUSE = 0.5
 # A poll lists this many due queues beyond the free runners, so that runners go on
 # with waiting queues without polling again.
 _EXTRA_LISTED = 100
+# A queue whose runner failed outside an attempt (database down, worker process that
+# cannot start) is left aside this long, so that a lasting failure does not spin.
+_RUNNER_ERROR_PAUSE = 5.0
 
 
 class RunState(enum.StrEnum):
@@ -238,6 +241,7 @@ class Scheduler:
         queue: str | None = first
         try:
             while queue is not None and self.state is RunState.RUNNING:
+                self.executor.prepare()
                 started = time.monotonic()
                 claim = self.claims.claim(queue)
                 if isinstance(claim, Interrupted):
@@ -253,9 +257,15 @@ class Scheduler:
                     queue = self._next_queue(queue, more=False)
         except Exception:
             logger.exception(
-                "queue runner failed", extra={"scope": self.claims.scope, "queue": queue}
+                "queue runner failed; leaving the queue aside for %.0f s",
+                _RUNNER_ERROR_PAUSE,
+                extra={"scope": self.claims.scope, "queue": queue},
             )
+            if queue is not None:
+                with self._active_lock:
+                    self._not_due[queue] = time.monotonic() + _RUNNER_ERROR_PAUSE
         finally:
+            self.executor.release()
             if queue is not None:
                 with self._idle:
                     self._active.discard(queue)
