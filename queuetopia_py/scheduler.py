@@ -126,13 +126,13 @@ class Scheduler:
         """
         if self.state is RunState.STOPPED:
             return True
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.state = RunState.STOPPING
         if self._triggers is not None:
             self._triggers.shutdown(wait=False)
         self._wake.set()
         if self._dispatcher is not None:
             self._dispatcher.join(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
             # Runners that only hold the lock of a timed-out, unkillable thread are not
             # waited for: they keep renewing it until the thread returns or this
