@@ -241,7 +241,9 @@ class Scheduler:
         queue: str | None = first
         try:
             while queue is not None and self.state is RunState.RUNNING:
-                self.executor.prepare()
+                unready = self._prepare()
+                if self.state is not RunState.RUNNING:
+                    break
                 started = time.monotonic()
                 claim = self.claims.claim(queue)
                 if isinstance(claim, Interrupted):
@@ -251,7 +253,7 @@ class Scheduler:
                         self._not_due[queue] = time.monotonic() + claim.wait.total_seconds()
                     queue = self._next_queue(queue, more=False)
                 elif isinstance(claim, Claim):
-                    self._attempt(claim, started)
+                    self._attempt(claim, started, unready)
                     queue = self._next_queue(queue, more=True)
                 else:  # empty, or claimed by another node
                     queue = self._next_queue(queue, more=False)
@@ -272,7 +274,17 @@ class Scheduler:
                     self._idle.notify_all()
             self.wake()
 
-    def _attempt(self, claim: Claim, started: float) -> None:
+    def _prepare(self) -> Outcome | None:
+        """Get the executor ready; if it cannot be (a worker process whose performer
+        does not load), the failure that the next attempt records instead of running."""
+        try:
+            self.executor.prepare()
+        except Exception as exc:
+            logger.exception("executor could not get ready", extra={"scope": self.claims.scope})
+            return Outcome(describe_exception(exc))
+        return None
+
+    def _attempt(self, claim: Claim, started: float, unready: Outcome | None = None) -> None:
         job = claim.job
         log = {
             "scope": job.scope,
@@ -284,11 +296,14 @@ class Scheduler:
         logger.debug("attempt started", extra=log)
         # `started` was taken before the claim, so this deadline falls before the lock's
         # expiry, which the database counted from the claim.
-        try:
-            outcome = self.executor.run(job, started + job.timeout.total_seconds())
-        except Exception as exc:  # the executor itself failed (e.g. unpicklable performer)
-            logger.exception("executor failed to run the attempt", extra=log)
-            outcome = Outcome(describe_exception(exc))
+        if unready is not None:
+            outcome = unready
+        else:
+            try:
+                outcome = self.executor.run(job, started + job.timeout.total_seconds())
+            except Exception as exc:  # the executor itself failed
+                logger.exception("executor failed to run the attempt", extra=log)
+                outcome = Outcome(describe_exception(exc))
         if outcome.error is None:
             if self.claims.record_success(claim) is None:
                 logger.warning(
