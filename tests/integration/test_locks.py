@@ -10,8 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import wait_until
 from freezegun import freeze_time
+from recording import wait_until
 
 from queuetopia_py import Job, Performer, Queuetopia
 from queuetopia_py.store.claims import Busy, Claim, ClaimStore, NotDue

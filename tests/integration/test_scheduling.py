@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Recorder, wait_until
+from recording import Recorder, wait_until
 
 from queuetopia_py import Job, Performer, Queuetopia
 from queuetopia_py.store.database import create_engine

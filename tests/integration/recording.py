@@ -1,4 +1,8 @@
-"""Helpers of the integration tests: a recording performer and condition waits."""
+"""Helpers of the integration tests: a recording performer and condition waits.
+
+A module of its own (not conftest.py): worker processes started with `spawn` import the
+test modules, and several conftest.py files would shadow each other there.
+"""
 
 from __future__ import annotations
 
