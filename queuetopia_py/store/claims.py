@@ -95,9 +95,25 @@ class ClaimStore:
             jobs, locks = self.jobs, self.locks
             with self.db.transaction() as conn:
                 now = conn.execute(sa.select(self.db.now())).scalar_one()
-                conn.execute(
-                    locks.delete().where(locks.c.scope == self.scope, locks.c.locked_until <= now)
+                # Find expired locks with a plain read, then delete them by key: a range
+                # delete would lock the index gaps and deadlock with concurrent claims.
+                expired = (
+                    conn.execute(
+                        sa.select(locks.c.queue).where(
+                            locks.c.scope == self.scope, locks.c.locked_until <= now
+                        )
+                    )
+                    .scalars()
+                    .all()
                 )
+                if expired:
+                    conn.execute(
+                        locks.delete().where(
+                            locks.c.scope == self.scope,
+                            locks.c.queue.in_(expired),
+                            locks.c.locked_until <= now,
+                        )
+                    )
                 # Queues with a due pending job, oldest due first. A queue whose head
                 # waits (backing off) while later jobs are due is listed too: its claim
                 # answers NotDue and the scheduler leaves it aside until then.
