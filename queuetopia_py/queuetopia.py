@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import socket
+import threading
 import uuid
 import weakref
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,10 @@ from queuetopia_py.store.database import Database, check_schema, create_engine
 from queuetopia_py.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
+
+# Seconds after a caller's commit at which the scheduler is woken for a job created
+# in that transaction.
+_AFTER_COMMIT_WAKES = (0.0, 0.05, 0.5, 2.0)
 
 
 def default_node() -> str:
@@ -196,7 +201,7 @@ class Queuetopia:
         if connection is not None:
             with self._db.transaction(connection) as conn:
                 job = self._jobs.insert(conn, new)
-            event.listen(connection, "commit", lambda _conn: self._wake(), once=True)
+            event.listen(connection, "commit", lambda _conn: self._wake_after_commit(), once=True)
             return job
 
         def insert() -> Job:
@@ -322,6 +327,14 @@ class Queuetopia:
         scheduler = self._scheduler
         if scheduler is not None:
             scheduler.wake()
+
+    def _wake_after_commit(self) -> None:
+        # SQLAlchemy's "commit" event fires just *before* the database commits, so a
+        # poll woken now may not see the job yet: wake again shortly after.
+        for delay in _AFTER_COMMIT_WAKES:
+            timer = threading.Timer(delay, self._wake)
+            timer.daemon = True
+            timer.start()
 
     def __enter__(self) -> Queuetopia:
         self.start()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from recording import Recorder, wait_until
+from sqlalchemy import event
 
 from queuetopia_py import Job, Performer, Queuetopia
 from queuetopia_py.store.database import create_engine
@@ -242,8 +244,9 @@ def test_create_job_wakes_the_scheduler_without_waiting_for_the_poll(
     recorder.wait(lambda r: len(r.finished) == 1, timeout=30)
 
 
+@pytest.mark.parametrize("commit_delay", [0.0, 0.3])
 def test_a_job_committed_in_the_callers_transaction_wakes_the_scheduler(
-    make_queue: Callable, url: str
+    make_queue: Callable, url: str, commit_delay: float
 ) -> None:
     recorder = Recorder()
     queue = make_queue(performer=recorder, poll_interval=3600)
@@ -251,6 +254,9 @@ def test_a_job_committed_in_the_callers_transaction_wakes_the_scheduler(
     engine = create_engine(url)
     with engine.begin() as conn:
         queue.create_job("q", "a", {}, connection=conn)
+        # A slow commit: the wake that SQLAlchemy's (before-)commit event gives comes
+        # before the job is visible; the scheduler must still see it.
+        event.listen(conn, "commit", lambda _conn: time.sleep(commit_delay), once=True)
     engine.dispose()
     recorder.wait(lambda r: len(r.finished) == 1, timeout=30)
 
