@@ -14,9 +14,10 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
+import factories
 import pytest
 from cluster import HERE, process_gone
 from history import attempts_of, read_events
@@ -30,24 +31,14 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
 def make_job(job_id: int, *, timeout: float = 10.0, **params: object) -> Job:
     """A claimed job as the scheduler hands it to an executor."""
-    now = datetime.now(UTC)
-    return Job(
+    return factories.make_job(
         id=job_id,
         scope="process-workers",
-        queue="q",
         action="system",
         params={"seq": job_id, **params},
         timeout=timedelta(seconds=timeout),
         max_backoff=timedelta(hours=1),
-        max_attempts=20,
-        attempts=1,
-        attempted_at=now,
         attempted_by="test",
-        next_attempt_at=now,
-        scheduled_at=now,
-        done_at=None,
-        error=None,
-        inserted_at=now,
     )
 
 
@@ -104,7 +95,7 @@ def test_a_worker_process_still_booting_when_its_node_is_killed_never_runs_the_j
     script = textwrap.dedent(
         f"""
         import multiprocessing, os, signal, sys, threading, time
-        sys.path.insert(0, {str(HERE)!r})
+        sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]
         from test_system_process_workers import make_job
         from node import HistoryPerformer
         from queuetopia_py.execution import ProcessExecutor

@@ -1,10 +1,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from factories import make_job
 from freezegun import freeze_time
 
 from queuetopia_py.backoff import default_backoff, is_due, lock_lifetime, next_attempt_at
-from queuetopia_py.job import Job
 from queuetopia_py.performer import Performer
 
 DAY = timedelta(hours=24)
@@ -48,32 +48,10 @@ def test_due_ness_is_judged_against_the_given_clock() -> None:
     assert not is_due(None, now)
 
 
-def _job(attempts: int, max_backoff: timedelta = DAY) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=1,
-        scope="s",
-        queue="q",
-        action="a",
-        params={},
-        timeout=timedelta(seconds=60),
-        max_backoff=max_backoff,
-        max_attempts=20,
-        attempts=attempts,
-        attempted_at=now,
-        attempted_by="n",
-        next_attempt_at=now,
-        scheduled_at=now,
-        done_at=None,
-        error="x",
-        inserted_at=now,
-    )
-
-
 def test_performer_backoff_counts_attempts_before_the_failed_one() -> None:
     # job.attempts includes the attempt that just failed
-    assert Performer().backoff(_job(1)) == timedelta(seconds=2)
-    assert Performer().backoff(_job(4)) == timedelta(seconds=9)
+    assert Performer().backoff(make_job(attempts=1)) == timedelta(seconds=2)
+    assert Performer().backoff(make_job(attempts=4)) == timedelta(seconds=9)
 
 
 @freeze_time("2026-03-01 10:00:00")

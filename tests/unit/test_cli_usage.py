@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from factories import make_job
 
 from queuetopia_py import Job, Queuetopia
 from queuetopia_py.cli import cli, load_queue_class
@@ -148,24 +149,15 @@ def test_migrate_reads_the_table_prefix_from_the_environment(tmp_path: Path) -> 
 
 
 def _job(attempts: int, fail_first: int) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=1,
+    return make_job(
         scope="demo",
         queue="payments",
         action="charge_card",
         params={"fail_first": fail_first},
         timeout=timedelta(seconds=5),
         max_backoff=timedelta(seconds=0.5),
-        max_attempts=20,
         attempts=attempts,
-        attempted_at=now,
-        attempted_by="node",
-        next_attempt_at=now + timedelta(seconds=0.5),
-        scheduled_at=now,
-        done_at=None,
         error="RuntimeError: card declined",
-        inserted_at=now,
     )
 
 
