@@ -57,7 +57,7 @@ def test_concurrent_migrations_all_succeed(db_url: str) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
