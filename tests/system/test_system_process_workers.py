@@ -49,12 +49,18 @@ def wait_until(condition: object, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_pooled_worker_process_outlives_the_runner_thread_that_spawned_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    history = tmp_path / "history.jsonl"
-    monkeypatch.setenv(LOG_ENV, str(history))
+@pytest.fixture
+def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The attempt history that worker processes of this process write to."""
+    path = tmp_path / "history.jsonl"
+    monkeypatch.setenv(LOG_ENV, str(path))
     monkeypatch.setenv(NODE_ENV, str(os.getpid()))
+    return path
+
+
+def test_a_pooled_worker_process_outlives_the_runner_thread_that_spawned_it(
+    history: Path,
+) -> None:
     executor = ProcessExecutor(HistoryPerformer)
     first_done = threading.Event()
     release_first = threading.Event()
@@ -133,11 +139,8 @@ def test_a_worker_process_still_booting_when_its_node_is_killed_never_runs_the_j
 
 
 def test_an_attempt_doing_no_work_does_not_time_out_while_its_worker_process_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    history: Path,
 ) -> None:
-    history = tmp_path / "history.jsonl"
-    monkeypatch.setenv(LOG_ENV, str(history))
-    monkeypatch.setenv(NODE_ENV, str(os.getpid()))
     executor = ProcessExecutor(HistoryPerformer)
 
     # A worker's start-up must not count against the attempt: with a 0.1 s timeout it
