@@ -135,16 +135,21 @@ class ClaimStore:
                 if exclude:
                     stmt = stmt.where(jobs.c.queue.not_in(sorted(exclude)))
                 queues = list(conn.execute(stmt).scalars().all()) if limit > 0 else []
-                next_job = conn.execute(
-                    sa.select(sa.func.min(jobs.c.next_attempt_at)).where(
-                        jobs.c.scope == self.scope,
-                        jobs.c.done_at.is_(None),
-                        jobs.c.next_attempt_at > now,
+                # When to look again: the next job to fall due, or the next lock to expire.
+                next_job, next_lock = conn.execute(
+                    sa.select(
+                        sa.select(sa.func.min(jobs.c.next_attempt_at))
+                        .where(
+                            jobs.c.scope == self.scope,
+                            jobs.c.done_at.is_(None),
+                            jobs.c.next_attempt_at > now,
+                        )
+                        .scalar_subquery(),
+                        sa.select(sa.func.min(locks.c.locked_until))
+                        .where(locks.c.scope == self.scope)
+                        .scalar_subquery(),
                     )
-                ).scalar_one()
-                next_lock = conn.execute(
-                    sa.select(sa.func.min(locks.c.locked_until)).where(locks.c.scope == self.scope)
-                ).scalar_one()
+                ).one()
             times = [t for t in (next_job, next_lock) if t is not None]
             return PollResult(queues, min(times) - now if times else None)
 
