@@ -270,8 +270,12 @@ def test_a_disabled_instance_creates_jobs_but_runs_none(make_queue: Callable) ->
 
 
 def test_no_two_attempts_of_a_queue_overlap_across_nodes(make_queue: Callable) -> None:
-    recorder = Recorder(lambda job: threading.Event().wait(0.002))
-    nodes = [make_queue(MailQueue, performer=recorder, max_concurrency=4) for _ in range(4)]
+    recorder = Recorder(lambda job: threading.Event().wait(0.01))
+    # Two runners a node for six queues, and frequent polls: the nodes compete.
+    nodes = [
+        make_queue(MailQueue, performer=recorder, max_concurrency=2, poll_interval=0.05)
+        for _ in range(4)
+    ]
     for i in range(8):
         for q in range(6):
             nodes[0].create_job(f"q{q}", "a", {"i": i})
