@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import ConfigurationError
+from queuetopia_py.errors import ConfigurationError, DatabaseError
 from queuetopia_py.schema import check_prefix
 
 if TYPE_CHECKING:  # alembic loads only when migrating: worker processes stay light
@@ -99,7 +99,9 @@ def _migration_lock(connection: Connection, prefix: str) -> Iterator[None]:
         finally:
             connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
     elif dialect in ("mysql", "mariadb"):
-        connection.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": name})
+        got = connection.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": name}).scalar()
+        if got != 1:
+            raise DatabaseError(f"migrate: another migration held the lock {name!r} for 60 s")
         try:
             yield
         finally:
