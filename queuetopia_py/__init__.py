@@ -8,23 +8,57 @@ from queuetopia_py.errors import (
     ConfigurationError,
     DatabaseError,
     InvalidJobError,
+    JobAbortedError,
+    JobCancelledError,
+    JobDeadLetteredError,
+    JobFailedError,
+    JobGivenUpError,
+    JobInProgressError,
+    JobNotFoundError,
+    JobStateError,
     QueuetopiaError,
     SchemaMissingError,
+    WaitTimeoutError,
 )
-from queuetopia_py.job import Job, Page
+from queuetopia_py.events import Event, EventKind, Subscription
+from queuetopia_py.job import JOB_STATES, Intervention, Job, MoveTo, Page, Progress
 from queuetopia_py.migrations import migrate
 from queuetopia_py.performer import Performer
+from queuetopia_py.progress import report_progress
 from queuetopia_py.queuetopia import Queuetopia
+from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status, Suspension
 
 __all__ = [
+    "JOB_STATES",
     "ConfigurationError",
     "DatabaseError",
+    "Event",
+    "EventKind",
+    "Intervention",
     "InvalidJobError",
     "Job",
+    "JobAbortedError",
+    "JobCancelledError",
+    "JobDeadLetteredError",
+    "JobFailedError",
+    "JobGivenUpError",
+    "JobInProgressError",
+    "JobNotFoundError",
+    "JobStateError",
+    "Lock",
+    "MoveTo",
     "Page",
     "Performer",
+    "Progress",
+    "QueueStatus",
     "Queuetopia",
     "QueuetopiaError",
+    "RunningAttempt",
     "SchemaMissingError",
+    "Status",
+    "Subscription",
+    "Suspension",
+    "WaitTimeoutError",
     "migrate",
+    "report_progress",
 ]

@@ -83,7 +83,7 @@ class DemoPerformer(Performer):
         """Print the failed attempt and when it is retried."""
         last_line = (job.error or "").strip().splitlines()[-1:] or [""]
         if job.next_attempt_at is None:
-            then = "given up"
+            then = job.state.replace("_", " ")
         else:
             then = f"retry at {self._elapsed(job.next_attempt_at):5.2f}s"
         outcome = click.style(f"failed: {last_line[0]}; {then}", fg="red")

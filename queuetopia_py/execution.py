@@ -26,8 +26,9 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from queuetopia_py import defaults
-from queuetopia_py.job import Job
+from queuetopia_py.job import Job, to_result
 from queuetopia_py.performer import Performer
+from queuetopia_py.progress import Reporter, reporting
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def describe_exception(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one attempt ended. `error` is None on success.
+    """How one attempt ended. `error` is None on success; `result` is then the JSON value
+    `perform` returned, and `result_problem` says why it was not JSON (None stored).
 
     `wait_stopped(seconds) -> bool` tells whether the attempt's code has stopped running,
     waiting at most that long; it is None when it has stopped already.
@@ -53,13 +55,22 @@ class Outcome:
     error: str | None
     timed_out: bool = False
     wait_stopped: Callable[[float], bool] | None = None
+    result: Any = None
+    result_problem: str | None = None
+
+
+def succeeded(value: object) -> Outcome:
+    """The outcome of an attempt whose `perform` returned `value`."""
+    result, problem = to_result(value)
+    return Outcome(None, result=result, result_problem=problem)
 
 
 class Executor(Protocol):
     """Runs one attempt of a job and reports its outcome by `deadline` (monotonic time)."""
 
-    def run(self, job: Job, deadline: float) -> Outcome:
-        """Run `performer.perform(job)`, giving up at `deadline`."""
+    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
+        """Run `performer.perform(job)`, giving up at `deadline`; the attempt's
+        `report_progress` calls go to `progress`."""
         ...
 
     def prepare(self) -> None:
@@ -81,14 +92,15 @@ class ThreadExecutor:
     def __init__(self, performer: Performer) -> None:
         self.performer = performer
 
-    def run(self, job: Job, deadline: float) -> Outcome:
+    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
         """Run the attempt on a new thread and wait for it until `deadline`."""
         future: Future[object] = Future()
 
         def target() -> None:
             future.set_running_or_notify_cancel()
             try:
-                future.set_result(self.performer.perform(job))
+                with reporting(progress):
+                    future.set_result(self.performer.perform(job))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -97,7 +109,7 @@ class ThreadExecutor:
         )
         thread.start()
         try:
-            future.result(timeout=max(0.0, deadline - time.monotonic()))
+            value = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
 
             def wait_stopped(seconds: float) -> bool:
@@ -107,7 +119,7 @@ class ThreadExecutor:
             return Outcome(defaults.TIMEOUT_ERROR, timed_out=True, wait_stopped=wait_stopped)
         except BaseException as exc:
             return Outcome(describe_exception(exc))
-        return Outcome(None)
+        return succeeded(value)
 
     def prepare(self) -> None:
         """Nothing to prepare: each attempt gets a new thread."""
@@ -117,6 +129,31 @@ class ThreadExecutor:
 
     def close(self) -> None:
         """Nothing to release: attempt threads end by themselves."""
+
+
+class InlineExecutor:
+    """Runs each attempt on the calling thread, without a timeout (test helpers' drain)."""
+
+    def __init__(self, performer: Performer) -> None:
+        self.performer = performer
+
+    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
+        """Run the attempt now, on this thread; `deadline` is not enforced."""
+        try:
+            with reporting(progress):
+                value = self.performer.perform(job)
+        except Exception as exc:
+            return Outcome(describe_exception(exc))
+        return succeeded(value)
+
+    def prepare(self) -> None:
+        """Nothing to prepare."""
+
+    def release(self) -> None:
+        """Nothing held."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _die_with_parent(parent: int) -> None:
@@ -149,14 +186,20 @@ def _worker_main(conn: Connection, performer: type[Performer] | Performer, paren
         conn.send(("broken", describe_exception(exc)))
         return
     conn.send(("ready", None))
+
+    def progress(message: str | None, fraction: float | None) -> bool:
+        conn.send(("progress", (message, fraction)))
+        return True
+
     while True:
         try:
             job = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            instance.perform(job)
-            reply: tuple[str, str | None] = ("ok", None)
+            with reporting(progress):
+                value = instance.perform(job)
+            reply: tuple[str, object] = ("ok", to_result(value))
         except BaseException as exc:
             reply = ("error", describe_exception(exc))
         conn.send(reply)
@@ -255,7 +298,7 @@ class ProcessExecutor:
         worker.process.join()
         worker.conn.close()
 
-    def run(self, job: Job, deadline: float) -> Outcome:
+    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
         """Send the attempt to a worker; kill the worker if it is not done by `deadline`."""
         worker: _Worker | None = getattr(self._reserved, "worker", None)
         self._reserved.worker = None
@@ -263,16 +306,24 @@ class ProcessExecutor:
             worker = self._take()
         try:
             worker.conn.send(job)
-            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
-                self._kill(worker)
-                return Outcome(defaults.TIMEOUT_ERROR, timed_out=True)
-            status, error = worker.conn.recv()
+            while True:
+                if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                    self._kill(worker)
+                    return Outcome(defaults.TIMEOUT_ERROR, timed_out=True)
+                status, payload = worker.conn.recv()
+                if status != "progress":
+                    break
+                if progress is not None:
+                    progress(*payload)
         except (EOFError, OSError, BrokenPipeError):
             self._kill(worker)
             code = worker.process.exitcode
             return Outcome(f"worker process exited during the attempt (exit code {code})")
         self._put_back(worker)
-        return Outcome(None if status == "ok" else error)
+        if status != "ok":
+            return Outcome(payload)
+        result, problem = payload
+        return Outcome(None, result=result, result_problem=problem)
 
     def close(self) -> None:
         """Stop the idle worker processes."""

@@ -15,15 +15,113 @@ from queuetopia_py.errors import InvalidJobError
 #: What a duration option accepts: seconds or a `timedelta`.
 Duration = int | float | timedelta
 
+#: Every value of `Job.state`.
+JOB_STATES = (
+    "pending",
+    "retrying",
+    "blocked",
+    "done",
+    "given_up",
+    "cancelled",
+    "aborted",
+    "dead_lettered",
+)
+#: States a job can be listed by: "pending" covers pending, retrying and blocked.
+LISTED_STATES = ("pending", "done", "given_up", "cancelled", "aborted", "dead_lettered")
+#: Values of `Job.outcome`: how a job ended without success.
+OUTCOMES = ("given_up", "cancelled", "aborted", "dead_lettered")
+#: `Job.on_failure` values other than `move_to:<queue>`.
+GIVE_UP = "give_up"
+BLOCK = "block"
+_MOVE_TO = "move_to:"
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTo:
+    """Failure mode: when the job has used `max_attempts`, move it to `queue` (a
+    dead-letter queue of the same scope) and let its own queue go on.
+
+    >>> queue.create_job("mails", "send_mail", params, on_failure=MoveTo("mails_dead"))
+    """
+
+    queue: str
+
+    def __str__(self) -> str:
+        return f"{_MOVE_TO}{self.queue}"
+
+
+#: What `on_failure` accepts: "give_up" (default), "block", `MoveTo(queue)` or "move_to:<queue>".
+FailureMode = str | MoveTo
+
+
+def to_on_failure(value: object) -> str:
+    """Validate a failure mode and return its stored form."""
+    if isinstance(value, MoveTo):
+        value = str(value)
+    if value in (GIVE_UP, BLOCK):
+        return str(value)
+    if isinstance(value, str) and value.startswith(_MOVE_TO):
+        validate_name("on_failure", value[len(_MOVE_TO) :])
+        return value
+    raise InvalidJobError(
+        "on_failure", value, "must be 'give_up', 'block' or MoveTo(queue) ('move_to:<queue>')"
+    )
+
+
+def dead_letter_queue(on_failure: str) -> str | None:
+    """The queue a `move_to:<queue>` failure mode names, else None."""
+    return on_failure[len(_MOVE_TO) :] if on_failure.startswith(_MOVE_TO) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a running attempt last reported with `report_progress` (database time)."""
+
+    message: str | None
+    fraction: float | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Intervention:
+    """One action taken on a job outside its normal run: by an operator (`cancel`,
+    `abort`, `retry`) or by its failure mode (`dead_letter`, `moved_from`)."""
+
+    action: str
+    by: str
+    at: datetime
+    reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form."""
+        return {
+            "action": self.action,
+            "by": self.by,
+            "at": self.at.isoformat(),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Intervention:
+        """Read the stored form back."""
+        return cls(
+            action=str(data["action"]),
+            by=str(data["by"]),
+            at=datetime.fromisoformat(data["at"]).astimezone(UTC),
+            reason=data.get("reason"),
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """One stored job, as read from the database. Immutable.
 
     Instants are timezone-aware UTC datetimes; `timeout` and `max_backoff` are timedeltas.
-    `attempts` counts the attempts started so far. A job is *done* when `done_at` is set and
-    *given up* when it used `max_attempts` attempts without success (`next_attempt_at` is
-    then `None`); otherwise it is pending and runs at `next_attempt_at` at the earliest.
+    `attempts` counts the attempts started so far (it never goes down: an operator's retry
+    starts a new round at `round_start`). A job is *done* when `done_at` is set; it ended
+    without success when `outcome` is set (given up, cancelled, aborted or moved to a
+    dead-letter queue); otherwise it is pending and runs at `next_attempt_at` at the
+    earliest, or waits for an operator when that is `None` (`state` "blocked").
 
     >>> job.params["email_address"]
     'toto@mail.com'
@@ -45,6 +143,13 @@ class Job:
     done_at: datetime | None
     error: str | None
     inserted_at: datetime
+    outcome: str | None = None
+    on_failure: str = GIVE_UP
+    round_start: int = 0
+    failing_since: datetime | None = None
+    progress: Progress | None = None
+    result: Any = None
+    interventions: tuple[Intervention, ...] = ()
 
     @property
     def sequence(self) -> int:
@@ -58,8 +163,32 @@ class Job:
 
     @property
     def given_up(self) -> bool:
-        """Whether the job used all its attempts without success."""
-        return self.done_at is None and self.next_attempt_at is None
+        """Whether the job used all its attempts without success and was given up."""
+        return self.done_at is None and self.outcome == "given_up"
+
+    @property
+    def pending(self) -> bool:
+        """Whether the job still holds its place in its queue (not done, not ended)."""
+        return self.done_at is None and self.outcome is None
+
+    @property
+    def round_attempts(self) -> int:
+        """Attempts made in the current round (compared with `max_attempts`)."""
+        return self.attempts - self.round_start
+
+    @property
+    def state(self) -> str:
+        """One of `JOB_STATES`: pending, retrying, blocked, done, given_up, cancelled,
+        aborted or dead_lettered."""
+        if self.done_at is not None:
+            return "done"
+        if self.outcome is not None:
+            return self.outcome
+        if self.next_attempt_at is None:
+            return "blocked"
+        if self.error is not None and self.round_attempts > 0:
+            return "retrying"
+        return "pending"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +202,7 @@ class NewJob:
     max_backoff: timedelta
     max_attempts: int
     scheduled_at: datetime | None
+    on_failure: str = GIVE_UP
 
 
 def validate_name(field: str, value: object) -> str:
@@ -167,6 +297,7 @@ def validate_new_job(
     max_backoff: object,
     max_attempts: object,
     scheduled_at: object,
+    on_failure: object = GIVE_UP,
 ) -> NewJob:
     """Check every argument of `create_job`; raise `InvalidJobError` naming the first bad one."""
     return NewJob(
@@ -177,6 +308,7 @@ def validate_new_job(
         max_backoff=to_timedelta("max_backoff", max_backoff, allow_zero=True),
         max_attempts=to_max_attempts(max_attempts),
         scheduled_at=None if scheduled_at is None else to_utc("scheduled_at", scheduled_at),
+        on_failure=to_on_failure(on_failure),
     )
 
 
@@ -193,3 +325,13 @@ class Page:
     def total_pages(self) -> int:
         """Number of pages in the listing (at least 1)."""
         return max(1, -(-self.total // self.page_size))
+
+
+def to_result(value: object) -> tuple[Any, str | None]:
+    """The JSON value stored for what `perform` returned, and, when it is not JSON (then
+    None is stored), why."""
+    try:
+        _check_json("result", value, 0)
+        return json.loads(json.dumps(value, allow_nan=False)), None
+    except (InvalidJobError, TypeError, ValueError) as exc:
+        return None, str(exc)

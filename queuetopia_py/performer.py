@@ -11,8 +11,10 @@ from queuetopia_py.job import Job
 class Performer:
     """Runs jobs. Subclass it and implement `perform`.
 
-    `perform` returning normally means success; raising means this attempt failed and the
-    job (the head of its queue) is retried after `backoff(job)`, blocking its queue.
+    `perform` returning normally means success, and its return value, if it is JSON, is
+    stored as the job's `result`; raising means this attempt failed and the job (the head
+    of its queue) is retried after `backoff(job)`, blocking its queue. While it runs,
+    `perform` may call `queuetopia_py.report_progress`.
 
     >>> class MailPerformer(Performer):
     ...     def perform(self, job: Job) -> object:
@@ -29,14 +31,23 @@ class Performer:
     def backoff(self, job: Job) -> timedelta:
         """The delay before the next attempt of `job`, which just failed.
 
-        `job.attempts` includes the failed attempt. The default is Queuetopia's
-        `min((2**(attempts - 1) + 1) s, max_backoff)`: 2 s, 3 s, 5 s, 9 s ...
+        `job.round_attempts` counts the attempts of this round, the failed one included
+        (`job.attempts` counts all of them; an operator's retry starts a new round). The
+        default is Queuetopia's `min((2**(round_attempts - 1) + 1) s, max_backoff)`:
+        2 s, 3 s, 5 s, 9 s ...
         """
-        return default_backoff(job.attempts - 1, job.max_backoff)
+        return default_backoff(job.round_attempts - 1, job.max_backoff)
 
     def handle_failed_job(self, job: Job) -> None:
         """Called with the updated job after each failed attempt has been recorded.
 
-        Meant for alerting. If it raises, the exception is logged and appended to the
-        job's recorded error; scheduling goes on.
+        Meant for alerting: `job.state` tells whether it will be retried ("retrying") or
+        met its failure mode ("given_up", "blocked", "dead_lettered"). If it raises, the
+        exception is logged and appended to the job's recorded error; scheduling goes on.
+        """
+
+    def handle_succeeded_job(self, job: Job) -> None:
+        """Called with the done job (its `result` included) after its success is recorded.
+
+        If it raises, the exception is logged; the job stays done.
         """

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import getpass
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
@@ -17,13 +20,27 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import ConfigurationError, InvalidJobError
+from queuetopia_py.errors import (
+    ConfigurationError,
+    InvalidJobError,
+    JobAbortedError,
+    JobCancelledError,
+    JobDeadLetteredError,
+    JobFailedError,
+    JobGivenUpError,
+    JobNotFoundError,
+    WaitTimeoutError,
+)
+from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
 from queuetopia_py.execution import Executor, ProcessExecutor, ThreadExecutor
 from queuetopia_py.job import (
+    GIVE_UP,
     Duration,
+    FailureMode,
     Job,
     Page,
     to_max_attempts,
+    to_on_failure,
     to_timedelta,
     validate_name,
     validate_new_job,
@@ -31,8 +48,11 @@ from queuetopia_py.job import (
 from queuetopia_py.performer import Performer
 from queuetopia_py.scheduler import RunState, Scheduler
 from queuetopia_py.schema import build_tables
+from queuetopia_py.status import Status, Suspension
 from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.control import ControlStore
 from queuetopia_py.store.database import Database, check_schema, create_engine
+from queuetopia_py.store.inspection import Inspection
 from queuetopia_py.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
@@ -40,11 +60,29 @@ logger = logging.getLogger(__name__)
 # Seconds after a caller's commit at which the scheduler is woken for a job created
 # in that transaction.
 _AFTER_COMMIT_WAKES = (0.0, 0.05, 0.5, 2.0)
+# `wait_for` reads the job again after this long, doubling up to the maximum.
+_WAIT_FIRST_POLL = 0.02
+_WAIT_MAX_POLL = 0.5
+_FAILED_ERRORS: dict[str, type[JobFailedError]] = {
+    "given_up": JobGivenUpError,
+    "cancelled": JobCancelledError,
+    "aborted": JobAbortedError,
+    "dead_lettered": JobDeadLetteredError,
+}
 
 
 def default_node() -> str:
     """A node name unique to this instance: `host:pid:random`."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def default_operator() -> str:
+    """Who an operator's action is recorded as by default: `user@host`."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment (some containers)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +103,7 @@ class Options:
     timeout: timedelta = defaults.TIMEOUT
     max_backoff: timedelta = defaults.MAX_BACKOFF
     max_attempts: int = defaults.MAX_ATTEMPTS
+    on_failure: str = GIVE_UP
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -88,6 +127,8 @@ class Options:
                     values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
             if "max_attempts" in values:
                 to_max_attempts(values["max_attempts"])
+            if "on_failure" in values:
+                values["on_failure"] = to_on_failure(values["on_failure"])
             if "poll_interval" in values:
                 values["poll_interval"] = to_timedelta(
                     "poll_interval", values["poll_interval"]
@@ -146,6 +187,9 @@ class Queuetopia:
         engine = create_engine(repo) if not isinstance(repo, Engine) else repo
         self._db = Database(engine, build_tables(self.options.table_prefix))
         self._jobs = JobStore(self._db, self.scope)
+        self._control = ControlStore(self._db, self.scope)
+        self._inspection = Inspection(self._db, self.scope)
+        self._events = EventBus(parent=process_bus)
         self._scheduler: Scheduler | None = None
         self._stop_at_exit_registered = False
 
@@ -176,13 +220,17 @@ class Queuetopia:
         max_backoff: Duration | None = None,
         max_attempts: int | None = None,
         scheduled_at: Any = None,
+        on_failure: FailureMode | None = None,
         connection: Connection | None = None,
     ) -> Job:
         """Store a job at the end of `queue` (created by its first job) and return it.
 
         `scheduled_at` (an aware datetime) delays the job and orders it in its queue;
-        by default it is the database's now. With `connection`, the job is written in
-        the caller's transaction and exists only if the caller commits.
+        by default it is the database's now. `on_failure` says what happens once it has
+        used `max_attempts`: "give_up" (the default, or the `on_failure` option), "block"
+        (it stays its queue's head until an operator acts) or `MoveTo("queue")` (it moves
+        to that dead-letter queue). With `connection`, the job is written in the caller's
+        transaction and exists only if the caller commits.
         Invalid input raises `InvalidJobError` (a `ValueError`) and writes nothing.
 
         >>> queue.create_job("mails_queue_1", "send_mail", {"email_address": "a@b.c"},
@@ -197,11 +245,17 @@ class Queuetopia:
             max_backoff=opts.max_backoff if max_backoff is None else max_backoff,
             max_attempts=opts.max_attempts if max_attempts is None else max_attempts,
             scheduled_at=scheduled_at,
+            on_failure=opts.on_failure if on_failure is None else on_failure,
         )
         if connection is not None:
             with self._db.transaction(connection) as conn:
                 job = self._jobs.insert(conn, new)
-            event.listen(connection, "commit", lambda _conn: self._wake_after_commit(), once=True)
+
+            def committed(_conn: Connection) -> None:
+                self._emit(EventKind.JOB_CREATED, job)
+                self._wake_after_commit()
+
+            event.listen(connection, "commit", committed, once=True)
             return job
 
         def insert() -> Job:
@@ -209,6 +263,7 @@ class Queuetopia:
                 return self._jobs.insert(conn, new)
 
         job = self._db.retrying(insert, conflicts_only=True)
+        self._emit(EventKind.JOB_CREATED, job)
         self._wake()
         return job
 
@@ -222,15 +277,23 @@ class Queuetopia:
         *,
         action: str | None = None,
         available: bool | None = None,
+        state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Job]:
         """This scope's jobs in queue order, optionally filtered.
 
-        `available=True` keeps pending jobs (neither done nor given up), `False` the others.
+        `available=True` keeps pending jobs (neither done nor ended otherwise), `False`
+        the others. `state` keeps one of "pending" (which includes retrying and blocked
+        jobs), "done", "given_up", "cancelled", "aborted" or "dead_lettered".
         """
         return self._jobs.list(
-            queue=queue, action=action, available=available, limit=limit, offset=offset
+            queue=queue,
+            action=action,
+            available=available,
+            state=state,
+            limit=limit,
+            offset=offset,
         )
 
     def paginate_jobs(
@@ -241,6 +304,7 @@ class Queuetopia:
         queue: str | None = None,
         action: str | None = None,
         available: bool | None = None,
+        state: str | None = None,
     ) -> Page:
         """One page (numbered from 1) of `list_jobs`, with the listing's total."""
         for name, value in (("page_size", page_size), ("page_number", page_number)):
@@ -250,10 +314,11 @@ class Queuetopia:
             queue=queue,
             action=action,
             available=available,
+            state=state,
             limit=page_size,
             offset=(page_number - 1) * page_size,
         )
-        total = self._jobs.count(queue=queue, action=action, available=available)
+        total = self._jobs.count(queue=queue, action=action, available=available, state=state)
         return Page(items=items, total=total, page_number=page_number, page_size=page_size)
 
     def cleanup_jobs(self, older_than: Duration | None = None) -> int:
@@ -268,6 +333,145 @@ class Queuetopia:
         if deleted:
             logger.info("deleted %d completed jobs", deleted, extra={"scope": self.scope})
         return deleted
+
+    def wait_for(self, job_id: int, timeout: Duration | None = None) -> Any:
+        """Wait until the job is done and return its `result`, from any node.
+
+        Raises `JobGivenUpError`, `JobCancelledError`, `JobAbortedError` or
+        `JobDeadLetteredError` (all `JobFailedError`, with the `job`) when it ended
+        without success, `JobNotFoundError` when it does not exist in this scope, and
+        `WaitTimeoutError` (a `TimeoutError`) when `timeout` passes first. A blocked job
+        is waited for: an operator may retry it.
+        """
+        limit = None if timeout is None else to_timedelta("timeout", timeout, allow_zero=True)
+        deadline = None if limit is None else time.monotonic() + limit.total_seconds()
+        pause = _WAIT_FIRST_POLL
+        while True:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFoundError(job_id, self.scope)
+            if job.done:
+                return job.result
+            if job.outcome is not None:
+                raise _FAILED_ERRORS[job.outcome](job)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"job {job_id} still {job.state} after {limit.total_seconds():g} s"
+                    if limit is not None
+                    else f"job {job_id} still {job.state}"
+                )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, pause if remaining is None else min(pause, remaining)))
+            pause = min(pause * 2, _WAIT_MAX_POLL)
+
+    # -- operations --------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """This scope's queues (pending and failed counts, head, lock, suspension) and
+        the attempts each node runs, read in one short transaction. Its cost grows with
+        the pending work, not with the completed history."""
+        return self._inspection.status()
+
+    def suspend(
+        self, queue: str | None = None, *, by: str | None = None, reason: str | None = None
+    ) -> Suspension:
+        """Suspend `queue`, or the whole scope when `queue` is None, on every node.
+
+        Persisted: nothing new starts there until `resume`, even across restarts; running
+        attempts finish. Nodes see it at their next claim or poll. Suspending again keeps
+        the first record, which is returned.
+        """
+        name = None if queue is None else validate_name("queue", queue)
+        who = self._operator(by)
+        suspension, created = self._control.suspend(name, who, reason)
+        if created:
+            self._emit(EventKind.QUEUE_SUSPENDED, None, queue=name, by=who, reason=reason)
+        return suspension
+
+    def resume(
+        self, queue: str | None = None, *, by: str | None = None, reason: str | None = None
+    ) -> bool:
+        """Lift the suspension of `queue` (None: of the whole scope; queues suspended one
+        by one stay so). Returns whether it was suspended."""
+        name = None if queue is None else validate_name("queue", queue)
+        resumed = self._control.resume(name)
+        if resumed:
+            who = self._operator(by)
+            self._emit(EventKind.QUEUE_RESUMED, None, queue=name, by=who, reason=reason)
+            self._wake()
+        return resumed
+
+    def suspensions(self) -> list[Suspension]:
+        """This scope's suspensions (the whole scope's first)."""
+        return self._control.list_suspensions()
+
+    def cancel_job(self, job_id: int, *, by: str | None = None, reason: str | None = None) -> Job:
+        """Withdraw a pending job: it will not run. Returns the cancelled job.
+
+        Raises `JobNotFoundError`, `JobInProgressError` when its attempt runs now (abort
+        it instead), or `JobStateError` when it is done or ended already.
+        """
+        return self._act(EventKind.JOB_CANCELLED, self._control.cancel, job_id, by, reason)
+
+    def abort_job(self, job_id: int, *, by: str | None = None, reason: str | None = None) -> Job:
+        """Give a pending job up now so that its queue moves on (a blocked head, say).
+
+        An attempt running now is not interrupted: if it succeeds the job is done, if it
+        fails the job stays aborted. Raises `JobNotFoundError`, or `JobStateError` when
+        it is done or ended already.
+        """
+        return self._act(EventKind.JOB_ABORTED, self._control.abort, job_id, by, reason)
+
+    def retry_job(self, job_id: int, *, by: str | None = None, reason: str | None = None) -> Job:
+        """Make a job due now: a head waiting for its next attempt runs at once; a job
+        given up, aborted, cancelled or blocked gets a new round of `max_attempts`
+        attempts, back at its place in its queue.
+
+        Raises `JobNotFoundError`, `JobInProgressError` when its attempt runs now, or
+        `JobStateError` when it is done or was moved to a dead-letter queue.
+        """
+        return self._act(EventKind.JOB_RETRIED, self._control.retry, job_id, by, reason)
+
+    def _act(
+        self,
+        kind: EventKind,
+        action: Any,
+        job_id: int,
+        by: str | None,
+        reason: str | None,
+    ) -> Job:
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            raise InvalidJobError("job_id", job_id, "must be an int")
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidJobError("reason", reason, "must be a string")
+        who = self._operator(by)
+        job: Job = action(job_id, who, reason)
+        self._emit(kind, job, by=who, reason=reason)
+        self._wake()
+        return job
+
+    def _operator(self, by: str | None) -> str:
+        return default_operator() if by is None else validate_name("by", by)
+
+    def subscribe(
+        self, callback: Subscriber, kinds: Iterable[EventKind | str] | None = None
+    ) -> Subscription:
+        """Call `callback(event)` for each event of this instance (of `kinds` only, if
+        given). See `queuetopia_py.events`."""
+        return self._events.subscribe(callback, kinds)
+
+    def _emit(self, kind: EventKind, job: Job | None, **fields: Any) -> None:
+        fields.setdefault("queue", None if job is None else job.queue)
+        self._events.emit(Event(kind=kind, scope=self.scope, node=self.node, job=job, **fields))
+
+    def known_scopes(self) -> list[str]:
+        """Every scope with jobs, locks or suspensions in these tables (for tools: it
+        reads across scopes)."""
+        return self._inspection.known_scopes()
+
+    def scope_of(self, job_id: int) -> str | None:
+        """The scope of job `job_id` in these tables, whatever its scope (for tools)."""
+        return self._inspection.scope_of(job_id)
 
     # -- scheduler ---------------------------------------------------------------------
 
@@ -295,6 +499,7 @@ class Queuetopia:
             ClaimStore(self._db, self.scope, self.node),
             executor,
             instance,
+            self._events,
             poll_interval=self.options.poll_interval,
             max_concurrency=self.options.max_concurrency,
             cleaner=self.cleanup_jobs,

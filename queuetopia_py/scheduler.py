@@ -18,14 +18,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from queuetopia_py.backoff import default_backoff, next_attempt_at
+from queuetopia_py.attempts import AttemptRunner
+from queuetopia_py.events import EventBus
 from queuetopia_py.execution import Executor, Outcome, describe_exception
-from queuetopia_py.job import Job
 from queuetopia_py.performer import Performer
 from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue
 
@@ -58,6 +56,7 @@ class Scheduler:
         claims: ClaimStore,
         executor: Executor,
         performer: Performer,
+        events: EventBus,
         *,
         poll_interval: float,
         max_concurrency: int,
@@ -67,6 +66,7 @@ class Scheduler:
         self.claims = claims
         self.executor = executor
         self.performer = performer
+        self.attempts = AttemptRunner(claims, executor, performer, events)
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.state = RunState.STOPPED
@@ -205,7 +205,9 @@ class Scheduler:
         waits = [] if result.next_in is None else [result.next_in.total_seconds()]
         if next_local is not None:
             waits.append(next_local - time.monotonic())
-        return max(0.0, min(waits)) if waits else None
+        # The interval trigger wakes the dispatcher anyway; a far-off due time (a job
+        # scheduled years ahead) must not overflow the wait.
+        return max(0.0, min(*waits, self.poll_interval)) if waits else None
 
     def _clean(self) -> None:
         try:
@@ -247,10 +249,13 @@ class Scheduler:
                 started = time.monotonic()
                 claim = self.claims.claim(queue)
                 if isinstance(claim, Interrupted):
-                    self._report_interrupted(claim.job)
+                    self.attempts.interrupted(claim)
                 elif isinstance(claim, NotDue):
+                    # A head blocked until an operator acts is looked at again after a
+                    # poll interval (or at once when an action on this node wakes us).
+                    wait = self.poll_interval if claim.wait is None else claim.wait.total_seconds()
                     with self._active_lock:
-                        self._not_due[queue] = time.monotonic() + claim.wait.total_seconds()
+                        self._not_due[queue] = time.monotonic() + wait
                     queue = self._next_queue(queue, more=False)
                 elif isinstance(claim, Claim):
                     self._attempt(claim, started, unready)
@@ -285,86 +290,9 @@ class Scheduler:
         return None
 
     def _attempt(self, claim: Claim, started: float, unready: Outcome | None = None) -> None:
-        job = claim.job
-        log = {
-            "scope": job.scope,
-            "queue": job.queue,
-            "job_id": job.id,
-            "action": job.action,
-            "attempt": job.attempts,
-        }
-        logger.debug("attempt started", extra=log)
-        # `started` was taken before the claim, so this deadline falls before the lock's
-        # expiry, which the database counted from the claim.
-        if unready is not None:
-            outcome = unready
-        else:
-            try:
-                outcome = self.executor.run(job, started + job.timeout.total_seconds())
-            except Exception as exc:  # the executor itself failed
-                logger.exception("executor failed to run the attempt", extra=log)
-                outcome = Outcome(describe_exception(exc))
-        if outcome.error is None:
-            if self.claims.record_success(claim) is None:
-                logger.warning(
-                    "success not recorded: the attempt was recorded already or its lock was "
-                    "taken over",
-                    extra=log,
-                )
-            else:
-                logger.info("attempt succeeded", extra=log)
-            return
-        self._record_failure(claim, outcome)
+        outcome = self.attempts.run(claim, started, unready)
         if outcome.wait_stopped is not None:
             self._hold_until_stopped(claim, outcome.wait_stopped)
-
-    def _record_failure(self, claim: Claim, outcome: Outcome) -> None:
-        job = claim.job
-        assert outcome.error is not None and job.attempted_at is not None
-        failed = replace(job, error=outcome.error)
-        try:
-            delay = self.performer.backoff(failed)
-            if not isinstance(delay, timedelta) or delay < timedelta(0):
-                raise TypeError(f"backoff() must return a non-negative timedelta, got {delay!r}")
-        except Exception:
-            logger.exception("performer.backoff failed; using the default backoff")
-            delay = default_backoff(job.attempts - 1, job.max_backoff)
-        next_at = next_attempt_at(job.attempted_at, job.attempts, job.max_attempts, delay)
-        recorded = self.claims.record_failure(
-            claim, outcome.error, next_at, keep_lock=outcome.wait_stopped is not None
-        )
-        log = {
-            "scope": job.scope,
-            "queue": job.queue,
-            "job_id": job.id,
-            "attempt": job.attempts,
-            "error": outcome.error.splitlines()[-1],
-        }
-        if recorded is None:
-            logger.warning(
-                "failure not recorded: the attempt was recorded already or its lock was taken over",
-                extra=log,
-            )
-            return
-        if next_at is None:
-            logger.error("job given up after %d attempts", job.attempts, extra=log)
-        else:
-            logger.warning("attempt failed; retrying at %s", next_at.isoformat(), extra=log)
-        self._call_failed_hook(recorded, outcome.error, log)
-
-    def _call_failed_hook(self, job: Job, error: str, log: dict[str, object]) -> None:
-        try:
-            self.performer.handle_failed_job(job)
-        except Exception as exc:
-            logger.exception("handle_failed_job raised", extra=log)
-            self.claims.set_error(
-                job, f"{error}\n\nhandle_failed_job raised: {describe_exception(exc)}"
-            )
-
-    def _report_interrupted(self, job: Job) -> None:
-        log = {"scope": job.scope, "queue": job.queue, "job_id": job.id, "attempt": job.attempts}
-        logger.error("job given up: its final attempt was interrupted", extra=log)
-        self._call_failed_hook(job, job.error or "", log)
 
     def _hold_until_stopped(self, claim: Claim, wait_stopped: Callable[[float], bool]) -> None:
         """Keep the queue locked while a timed-out attempt's thread still runs."""

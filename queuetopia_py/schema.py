@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -98,6 +99,39 @@ def table_options() -> dict[str, Any]:
     return {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB", "sqlite_autoincrement": True}
 
 
+#: The `suspensions.queue` value that suspends a whole scope (no queue name is empty).
+WHOLE_SCOPE = ""
+
+
+def ops_columns() -> list[Column[Any]]:
+    """Columns of the jobs table added by schema version 2 (operations)."""
+    return [
+        # None while pending or done; how the job ended otherwise (see job.OUTCOMES).
+        Column("outcome", String(16), nullable=True),
+        Column("on_failure", String(defaults.MAX_NAME_LENGTH + 16), nullable=True),
+        Column("round_start", Integer(), nullable=False, server_default="0"),
+        Column("failing_since", UtcDateTime(), nullable=True),
+        Column("progress_message", Text(), nullable=True),
+        Column("progress_fraction", Float(precision=53), nullable=True),
+        Column("progress_at", UtcDateTime(), nullable=True),
+        Column("result", JSON(none_as_null=True), nullable=True),
+        Column("interventions", JSON(none_as_null=True), nullable=True),
+    ]
+
+
+def suspension_columns(prefix: str) -> list[Any]:
+    """Columns and key of the suspensions table (schema version 2)."""
+    return [
+        Column("scope", name_type(), nullable=False),
+        # WHOLE_SCOPE ("") for the whole scope.
+        Column("queue", name_type(), nullable=False),
+        Column("suspended_at", UtcDateTime(), nullable=False),
+        Column("suspended_by", String(defaults.MAX_NAME_LENGTH), nullable=False),
+        Column("reason", Text(), nullable=True),
+        PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}suspensions"),
+    ]
+
+
 @dataclass(frozen=True)
 class Tables:
     """The tables of one prefix, bound to their own `MetaData`."""
@@ -106,6 +140,7 @@ class Tables:
     metadata: MetaData
     jobs: Table
     locks: Table
+    suspensions: Table
     schema_version: Table
 
 
@@ -132,10 +167,19 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("done_at", UtcDateTime(), nullable=True),
         Column("error", Text(), nullable=True),
         Column("inserted_at", UtcDateTime(), nullable=False),
+        *ops_columns(),
         # Head of a queue, and a queue's jobs in order.
-        Index(f"ix_{prefix}jobs_queue_order", "scope", "queue", "done_at", "scheduled_at", "id"),
-        # Pending work of a scope that is due, without touching completed history.
-        Index(f"ix_{prefix}jobs_due", "scope", "done_at", "next_attempt_at", "queue"),
+        Index(
+            f"ix_{prefix}jobs_queue_order",
+            "scope",
+            "queue",
+            "done_at",
+            "outcome",
+            "scheduled_at",
+            "id",
+        ),
+        # Pending work of a scope that is due, without touching ended jobs.
+        Index(f"ix_{prefix}jobs_due", "scope", "done_at", "outcome", "next_attempt_at", "queue"),
         **table_options(),
     )
     locks = Table(
@@ -151,10 +195,16 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Index(f"ix_{prefix}locks_expiry", "scope", "locked_until"),
         **table_options(),
     )
+    suspensions = Table(
+        f"{prefix}suspensions",
+        metadata,
+        *suspension_columns(prefix),
+        **table_options(),
+    )
     schema_version = Table(
         f"{prefix}schema_version",
         metadata,
         Column("version", Integer(), primary_key=True, autoincrement=False),
         **table_options(),
     )
-    return Tables(prefix, metadata, jobs, locks, schema_version)
+    return Tables(prefix, metadata, jobs, locks, suspensions, schema_version)

@@ -19,9 +19,16 @@ from sqlalchemy.exc import IntegrityError
 
 from queuetopia_py.backoff import default_backoff, is_due, lock_lifetime
 from queuetopia_py.errors import DatabaseError
-from queuetopia_py.job import Job
+from queuetopia_py.job import (
+    BLOCK,
+    Intervention,
+    Job,
+    NewJob,
+    dead_letter_queue,
+)
+from queuetopia_py.schema import WHOLE_SCOPE
 from queuetopia_py.store.database import Database, is_rolled_back_conflict
-from queuetopia_py.store.jobs import pending, row_to_job
+from queuetopia_py.store.jobs import JobStore, append_intervention, pending, row_to_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +42,10 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class NotDue:
-    """The queue's head exists but may not start for `wait` (database time)."""
+    """The queue's head exists but may not start for `wait` (database time); `wait` is
+    None when the head is blocked until an operator acts."""
 
-    wait: timedelta
+    wait: timedelta | None
 
 
 class Busy:
@@ -47,9 +55,10 @@ class Busy:
 @dataclass(frozen=True, slots=True)
 class Interrupted:
     """The head's final attempt was started but never recorded (its node died): the job
-    has just been given up, and the queue may go on."""
+    has just met its failure mode (given up, blocked or moved)."""
 
     job: Job
+    moved_to: Job | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,15 @@ def interrupted_error(job: Job) -> str:
     return f"{job.error}\n\n{note}" if job.error else note
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A failed attempt as recorded: the job afterwards, and the job its failure mode
+    created in a dead-letter queue (if any)."""
+
+    job: Job
+    moved_to: Job | None = None
+
+
 class ClaimStore:
     """The scheduler's statements for one scope and one node."""
 
@@ -86,6 +104,13 @@ class ClaimStore:
 
     def _lock_of(self, queue: str) -> sa.ColumnElement[bool]:
         return sa.and_(self.locks.c.scope == self.scope, self.locks.c.queue == queue)
+
+    def _suspended(self, jobs: sa.FromClause) -> sa.ColumnElement[bool]:
+        """Whether the queue of `jobs`' row, or its whole scope, is suspended."""
+        s = self.db.tables.suspensions
+        return sa.exists().where(
+            s.c.scope == jobs.c.scope, s.c.queue.in_([jobs.c.queue, WHOLE_SCOPE])
+        )
 
     def poll(self, limit: int, exclude: set[str]) -> PollResult:
         """Release expired locks, then list up to `limit` unlocked queues with due work,
@@ -123,10 +148,12 @@ class ClaimStore:
                     .where(
                         jobs.c.scope == self.scope,
                         jobs.c.done_at.is_(None),
+                        jobs.c.outcome.is_(None),
                         jobs.c.next_attempt_at <= now,
                         ~sa.exists().where(
                             locks.c.scope == jobs.c.scope, locks.c.queue == jobs.c.queue
                         ),
+                        ~self._suspended(jobs),
                     )
                     .group_by(jobs.c.queue)
                     .order_by(due, jobs.c.queue)
@@ -142,6 +169,7 @@ class ClaimStore:
                         .where(
                             jobs.c.scope == self.scope,
                             jobs.c.done_at.is_(None),
+                            jobs.c.outcome.is_(None),
                             jobs.c.next_attempt_at > now,
                         )
                         .scalar_subquery(),
@@ -167,7 +195,12 @@ class ClaimStore:
                 head = jobs.alias("head")
                 head_id = (
                     sa.select(head.c.id)
-                    .where(head.c.scope == self.scope, head.c.queue == queue, pending(head))
+                    .where(
+                        head.c.scope == self.scope,
+                        head.c.queue == queue,
+                        pending(head),
+                        ~self._suspended(head),
+                    )
                     .order_by(head.c.scheduled_at, head.c.id)
                     .limit(1)
                     .scalar_subquery()
@@ -181,12 +214,13 @@ class ClaimStore:
                         .with_for_update(skip_locked=True)
                     ).first()
                     if row is None:
-                        return None  # empty, or being claimed by another node right now
+                        # Empty, suspended, or being claimed by another node right now.
+                        return None
                     now: datetime = row.db_now
                     job = row_to_job(row)
                     if not is_due(job.next_attempt_at, now):
-                        assert job.next_attempt_at is not None
-                        return NotDue(job.next_attempt_at - now)
+                        waits = job.next_attempt_at
+                        return NotDue(None if waits is None else waits - now)
                     conn.execute(
                         locks.delete().where(self._lock_of(queue), locks.c.locked_until <= now)
                     )
@@ -205,23 +239,19 @@ class ClaimStore:
                         )
                     except IntegrityError as exc:
                         raise _LockTaken from exc
-                    if job.attempts >= job.max_attempts:
+                    if job.round_attempts >= job.max_attempts:
                         # Its final attempt started but was never recorded, and its lock
-                        # has expired (we just took it): that node is gone. Give up.
-                        error = interrupted_error(job)
-                        conn.execute(
-                            jobs.update()
-                            .where(jobs.c.id == job.id)
-                            .values(next_attempt_at=None, error=error)
-                        )
+                        # has expired (we just took it): that node is gone. The job
+                        # meets its failure mode.
+                        recorded = self._exhaust(conn, job, interrupted_error(job), now)
                         conn.execute(
                             locks.delete().where(self._lock_of(queue), locks.c.token == token)
                         )
-                        return Interrupted(replace(job, next_attempt_at=None, error=error))
+                        return Interrupted(recorded.job, recorded.moved_to)
                     # Until the attempt is recorded, it counts as failed: should this node
                     # die, the job is retried after the default backoff, and given up
                     # once it has used its last attempt.
-                    retry_at = now + default_backoff(job.attempts, job.max_backoff)
+                    retry_at = now + default_backoff(job.round_attempts, job.max_backoff)
                     conn.execute(
                         jobs.update()
                         .where(jobs.c.id == job.id)
@@ -230,6 +260,9 @@ class ClaimStore:
                             attempted_at=now,
                             attempted_by=self.node,
                             next_attempt_at=retry_at,
+                            progress_message=None,
+                            progress_fraction=None,
+                            progress_at=None,
                         )
                     )
                     claimed = replace(
@@ -238,6 +271,7 @@ class ClaimStore:
                         attempted_at=now,
                         attempted_by=self.node,
                         next_attempt_at=retry_at,
+                        progress=None,
                     )
                     return Claim(claimed, token, until)
             except _LockTaken:
@@ -263,43 +297,143 @@ class ClaimStore:
             locks.delete().where(self._lock_of(claim.job.queue), locks.c.token == claim.token)
         )
 
-    def record_success(self, claim: Claim) -> Job | None:
-        """Mark the claimed job done and release the lock. None if the claim was lost."""
+    def record_success(self, claim: Claim, result: Any = None) -> Job | None:
+        """Mark the claimed job done with `result` (JSON) and release the lock.
+
+        None if the claim was lost. A job aborted while this attempt ran is done too: its
+        work did happen.
+        """
 
         def run() -> Job | None:
             with self.db.transaction() as conn:
                 now = conn.execute(sa.select(self.db.now())).scalar_one()
                 updated = conn.execute(
-                    self.jobs.update().where(self._attempt_of(claim)).values(done_at=now)
+                    self.jobs.update()
+                    .where(self._attempt_of(claim))
+                    .values(done_at=now, outcome=None, result=result)
                 ).rowcount
                 self._release(conn, claim)
-            return replace(claim.job, done_at=now) if updated == 1 else None
+            if updated != 1:
+                return None
+            return replace(claim.job, done_at=now, outcome=None, result=result)
 
         return self.db.retrying(run)
 
     def record_failure(
         self, claim: Claim, error: str, next_attempt_at: datetime | None, *, keep_lock: bool
-    ) -> Job | None:
+    ) -> Recorded | None:
         """Record a failed attempt; release the lock unless the attempt is still running.
 
-        `next_attempt_at` None gives the job up. Returns the updated job, or None if the
-        claim was lost to another node.
+        `next_attempt_at` None means the job has used its attempts: it meets its failure
+        mode. A job an operator ended meanwhile (aborted) keeps its outcome and gets the
+        error. Returns None if the claim was lost to another node.
         """
+        jobs = self.jobs
 
-        def run() -> Job | None:
+        def run() -> Recorded | None:
+            moved: Job | None = None
             with self.db.transaction() as conn:
-                updated = conn.execute(
-                    self.jobs.update()
+                row = conn.execute(
+                    sa.select(jobs, self.db.now().label("db_now"))
                     .where(self._attempt_of(claim))
-                    .values(error=error, next_attempt_at=next_attempt_at)
-                ).rowcount
+                    .with_for_update()
+                ).first()
+                if row is not None:
+                    job = row_to_job(row)
+                    since = job.failing_since or job.attempted_at
+                    if job.outcome is not None:  # an operator ended it during the attempt
+                        conn.execute(jobs.update().where(jobs.c.id == job.id).values(error=error))
+                        job = replace(job, error=error)
+                    elif next_attempt_at is None:
+                        job = replace(job, failing_since=since)
+                        recorded = self._exhaust(conn, job, error, row.db_now)
+                        job, moved = recorded.job, recorded.moved_to
+                    else:
+                        conn.execute(
+                            jobs.update()
+                            .where(jobs.c.id == job.id)
+                            .values(
+                                error=error, next_attempt_at=next_attempt_at, failing_since=since
+                            )
+                        )
+                        job = replace(
+                            job, error=error, next_attempt_at=next_attempt_at, failing_since=since
+                        )
                 if keep_lock:
                     self._renew(conn, claim)
                 else:
                     self._release(conn, claim)
-            if updated != 1:
-                return None
-            return replace(claim.job, error=error, next_attempt_at=next_attempt_at)
+            return None if row is None else Recorded(job, moved)
+
+        return self.db.retrying(run)
+
+    def _exhaust(self, conn: sa.Connection, job: Job, error: str, now: datetime) -> Recorded:
+        """Apply `job`'s failure mode: it has used its attempts and failed with `error`."""
+        jobs = self.jobs
+        target = dead_letter_queue(job.on_failure)
+        values: dict[str, Any] = {
+            "error": error,
+            "next_attempt_at": None,
+            "failing_since": job.failing_since,
+        }
+        moved: Job | None = None
+        if job.on_failure == BLOCK:
+            pass  # stays the head, pending with no next attempt, until an operator acts
+        elif target is None:
+            values["outcome"] = "given_up"
+        else:
+            last = error.strip().splitlines()[-1] if error.strip() else ""
+            moved = JobStore(self.db, self.scope).insert(
+                conn,
+                NewJob(
+                    queue=target,
+                    action=job.action,
+                    params=job.params,
+                    timeout=job.timeout,
+                    max_backoff=job.max_backoff,
+                    max_attempts=job.max_attempts,
+                    scheduled_at=None,
+                ),
+            )
+            origin = Intervention(
+                "moved_from",
+                self.node,
+                now,
+                f"job {job.id} of queue {job.queue!r} failed {job.round_attempts} times: {last}",
+            )
+            moved = append_intervention(conn, jobs, moved, origin)
+            values["outcome"] = "dead_lettered"
+            note = Intervention(
+                "dead_letter", self.node, now, f"moved to queue {target!r} as job {moved.id}"
+            )
+            job = append_intervention(conn, jobs, job, note)
+        conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
+        return Recorded(
+            replace(job, error=error, next_attempt_at=None, outcome=values.get("outcome")),
+            moved,
+        )
+
+    def set_progress(self, job: Job, message: str | None, fraction: float | None) -> bool:
+        """Store the progress of the running attempt `job`; False if the claim was lost."""
+        jobs = self.jobs
+
+        def run() -> bool:
+            with self.db.transaction() as conn:
+                return bool(
+                    conn.execute(
+                        jobs.update()
+                        .where(
+                            jobs.c.id == job.id,
+                            jobs.c.attempts == job.attempts,
+                            jobs.c.done_at.is_(None),
+                        )
+                        .values(
+                            progress_message=message,
+                            progress_fraction=fraction,
+                            progress_at=self.db.now(),
+                        )
+                    ).rowcount
+                )
 
         return self.db.retrying(run)
 

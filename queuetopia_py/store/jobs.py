@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from queuetopia_py.job import Job, NewJob
+from queuetopia_py.errors import InvalidJobError
+from queuetopia_py.job import GIVE_UP, LISTED_STATES, Intervention, Job, NewJob, Progress
 from queuetopia_py.store.database import Database
 
 
@@ -37,12 +39,32 @@ def row_to_job(row: Row[Any]) -> Job:
         done_at=m["done_at"],
         error=m["error"],
         inserted_at=m["inserted_at"],
+        outcome=m["outcome"],
+        on_failure=m["on_failure"] or GIVE_UP,
+        round_start=m["round_start"],
+        failing_since=m["failing_since"],
+        progress=None
+        if m["progress_at"] is None
+        else Progress(m["progress_message"], m["progress_fraction"], m["progress_at"]),
+        result=m["result"],
+        interventions=tuple(Intervention.from_json(i) for i in m["interventions"] or ()),
     )
 
 
 def pending(jobs: sa.FromClause) -> sa.ColumnElement[bool]:
-    """Jobs neither done nor given up."""
-    return sa.and_(jobs.c.done_at.is_(None), jobs.c.next_attempt_at.is_not(None))
+    """Jobs that hold their place in their queue: neither done nor ended otherwise."""
+    return sa.and_(jobs.c.done_at.is_(None), jobs.c.outcome.is_(None))
+
+
+def in_state(jobs: sa.FromClause, state: str) -> sa.ColumnElement[bool]:
+    """Jobs listed under `state` (one of `LISTED_STATES`)."""
+    if state == "pending":
+        return pending(jobs)
+    if state == "done":
+        return jobs.c.done_at.is_not(None)
+    if state in LISTED_STATES:
+        return sa.and_(jobs.c.done_at.is_(None), jobs.c.outcome == state)
+    raise InvalidJobError("state", state, f"must be one of {', '.join(LISTED_STATES)}")
 
 
 class JobStore:
@@ -70,6 +92,7 @@ class JobStore:
             timeout_us=_us(new.timeout),
             max_backoff_us=_us(new.max_backoff),
             max_attempts=new.max_attempts,
+            on_failure=new.on_failure,
             attempts=0,
             scheduled_at=scheduled,
             next_attempt_at=scheduled,
@@ -84,9 +107,16 @@ class JobStore:
         return sa.select(self.jobs).where(self.jobs.c.scope == self.scope)
 
     def _filtered(
-        self, stmt: sa.Select[Any], queue: str | None, action: str | None, available: bool | None
+        self,
+        stmt: sa.Select[Any],
+        queue: str | None,
+        action: str | None,
+        available: bool | None,
+        state: str | None = None,
     ) -> sa.Select[Any]:
         jobs = self.jobs
+        if state is not None:
+            stmt = stmt.where(in_state(jobs, state))
         if queue is not None:
             stmt = stmt.where(jobs.c.queue == queue)
         if action is not None:
@@ -107,12 +137,13 @@ class JobStore:
         queue: str | None = None,
         action: str | None = None,
         available: bool | None = None,
+        state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Job]:
         """Jobs of this scope in queue order (`scheduled_at`, then sequence)."""
         jobs = self.jobs
-        stmt = self._filtered(self._select(), queue, action, available)
+        stmt = self._filtered(self._select(), queue, action, available, state)
         stmt = stmt.order_by(jobs.c.scheduled_at, jobs.c.id).offset(offset).limit(limit)
         with self.db.transaction() as conn:
             return [row_to_job(r) for r in conn.execute(stmt)]
@@ -123,12 +154,13 @@ class JobStore:
         queue: str | None = None,
         action: str | None = None,
         available: bool | None = None,
+        state: str | None = None,
     ) -> int:
         """How many jobs `list` would return without a limit."""
         stmt = (
             sa.select(sa.func.count()).select_from(self.jobs).where(self.jobs.c.scope == self.scope)
         )
-        stmt = self._filtered(stmt, queue, action, available)
+        stmt = self._filtered(stmt, queue, action, available, state)
         with self.db.transaction() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -163,3 +195,15 @@ class JobStore:
             deleted += count
             if count < batch_size:
                 return deleted
+
+
+def append_intervention(conn: Connection, jobs: sa.Table, job: Job, entry: Intervention) -> Job:
+    """Add `entry` to `job`'s interventions. The caller holds the job's row lock, and
+    `job` is the row as read under it."""
+    interventions = (*job.interventions, entry)
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job.id)
+        .values(interventions=[i.to_json() for i in interventions])
+    )
+    return replace(job, interventions=interventions)

@@ -1,0 +1,55 @@
+"""Version 2: operations. Job outcomes, failure modes, rounds of attempts, progress,
+results and interventions; the suspensions table; indexes that skip ended jobs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from queuetopia_py.schema import ops_columns, suspension_columns, table_options
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
+
+
+def upgrade(op: Operations, prefix: str) -> None:
+    """Add the columns and the table of version 2."""
+    jobs = f"{prefix}jobs"
+    with op.batch_alter_table(jobs) as batch:
+        for column in ops_columns():
+            batch.add_column(column)
+    # Jobs given up under version 1 (not done, no next attempt) get their outcome.
+    op.execute(
+        sa.text(
+            f"UPDATE {jobs} SET outcome = 'given_up'"
+            " WHERE done_at IS NULL AND next_attempt_at IS NULL"
+        )
+    )
+    op.drop_index(f"ix_{prefix}jobs_queue_order", table_name=jobs)
+    op.drop_index(f"ix_{prefix}jobs_due", table_name=jobs)
+    op.create_index(
+        f"ix_{prefix}jobs_queue_order",
+        jobs,
+        ["scope", "queue", "done_at", "outcome", "scheduled_at", "id"],
+    )
+    op.create_index(
+        f"ix_{prefix}jobs_due", jobs, ["scope", "done_at", "outcome", "next_attempt_at", "queue"]
+    )
+    op.create_table(f"{prefix}suspensions", *suspension_columns(prefix), **table_options())
+
+
+def downgrade(op: Operations, prefix: str) -> None:
+    """Back to version 1: jobs that ended without success stay given up (no next attempt)."""
+    jobs = f"{prefix}jobs"
+    op.drop_table(f"{prefix}suspensions")
+    op.execute(sa.text(f"UPDATE {jobs} SET next_attempt_at = NULL WHERE outcome IS NOT NULL"))
+    op.drop_index(f"ix_{prefix}jobs_queue_order", table_name=jobs)
+    op.drop_index(f"ix_{prefix}jobs_due", table_name=jobs)
+    with op.batch_alter_table(jobs) as batch:
+        for column in reversed(ops_columns()):
+            batch.drop_column(column.name)
+    op.create_index(
+        f"ix_{prefix}jobs_queue_order", jobs, ["scope", "queue", "done_at", "scheduled_at", "id"]
+    )
+    op.create_index(f"ix_{prefix}jobs_due", jobs, ["scope", "done_at", "next_attempt_at", "queue"])
