@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from queuetopia_py.schema import ops_columns, suspension_columns, table_options
+from queuetopia_py.schema import lock_job_column, ops_columns, suspension_columns, table_options
 
 if TYPE_CHECKING:
     from alembic.operations import Operations
@@ -19,6 +19,8 @@ def upgrade(op: Operations, prefix: str) -> None:
     with op.batch_alter_table(jobs) as batch:
         for column in ops_columns():
             batch.add_column(column)
+    with op.batch_alter_table(f"{prefix}locks") as batch:
+        batch.add_column(lock_job_column())
     # Jobs given up under version 1 (not done, no next attempt) get their outcome.
     op.execute(
         sa.text(
@@ -43,6 +45,8 @@ def downgrade(op: Operations, prefix: str) -> None:
     """Back to version 1: jobs that ended without success stay given up (no next attempt)."""
     jobs = f"{prefix}jobs"
     op.drop_table(f"{prefix}suspensions")
+    with op.batch_alter_table(f"{prefix}locks") as batch:
+        batch.drop_column("job_id")
     op.execute(sa.text(f"UPDATE {jobs} SET next_attempt_at = NULL WHERE outcome IS NOT NULL"))
     op.drop_index(f"ix_{prefix}jobs_queue_order", table_name=jobs)
     op.drop_index(f"ix_{prefix}jobs_due", table_name=jobs)

@@ -447,7 +447,9 @@ class Queuetopia:
         who = self._operator(by)
         job: Job = action(job_id, who, reason)
         self._emit(kind, job, by=who, reason=reason)
-        self._wake()
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.reconsider(job.queue)
         return job
 
     def _operator(self, by: str | None) -> str:

@@ -158,6 +158,12 @@ class Scheduler:
         """Poll now instead of at the next interval."""
         self._wake.set()
 
+    def reconsider(self, queue: str) -> None:
+        """Forget that `queue`'s head was not due (an operator acted on it), and poll."""
+        with self._active_lock:
+            self._not_due.pop(queue, None)
+        self.wake()
+
     @property
     def running_queues(self) -> set[str]:
         """Queues this node is running now."""
@@ -251,9 +257,12 @@ class Scheduler:
                 if isinstance(claim, Interrupted):
                     self.attempts.interrupted(claim)
                 elif isinstance(claim, NotDue):
-                    # A head blocked until an operator acts is looked at again after a
-                    # poll interval (or at once when an action on this node wakes us).
-                    wait = self.poll_interval if claim.wait is None else claim.wait.total_seconds()
+                    # Looked at again by the next poll at the latest: an operator on
+                    # another node may retry the head (an action on this node
+                    # reconsiders the queue at once).
+                    wait = self.poll_interval
+                    if claim.wait is not None:
+                        wait = min(wait, claim.wait.total_seconds())
                     with self._active_lock:
                         self._not_due[queue] = time.monotonic() + wait
                     queue = self._next_queue(queue, more=False)

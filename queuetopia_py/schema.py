@@ -119,6 +119,11 @@ def ops_columns() -> list[Column[Any]]:
     ]
 
 
+def lock_job_column() -> Column[Any]:
+    """The job whose attempt a lock was taken for (schema version 2)."""
+    return Column("job_id", id_type(), nullable=True)
+
+
 def suspension_columns(prefix: str) -> list[Any]:
     """Columns and key of the suspensions table (schema version 2)."""
     return [
@@ -191,6 +196,7 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("locked_at", UtcDateTime(), nullable=False),
         Column("locked_by_node", String(defaults.MAX_NAME_LENGTH), nullable=False),
         Column("locked_until", UtcDateTime(), nullable=False),
+        lock_job_column(),
         PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}locks"),
         Index(f"ix_{prefix}locks_expiry", "scope", "locked_until"),
         **table_options(),

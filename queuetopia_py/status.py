@@ -23,17 +23,20 @@ class Suspension:
 
 @dataclass(frozen=True, slots=True)
 class Lock:
-    """A queue's lock: `node` may run the queue until `locked_until` (database time)."""
+    """A queue's lock: `node` may run the queue until `locked_until` (database time),
+    taken for an attempt of job `job_id`."""
 
     queue: str
     node: str
     locked_at: datetime
     locked_until: datetime
+    job_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RunningAttempt:
-    """An attempt running now: `job` (with its `progress`) on `node`."""
+    """An attempt running now: `job` (with its `progress`) on `node`. It may be a job
+    that is no longer its queue's head (aborted while it runs)."""
 
     node: str
     queue: str

@@ -235,6 +235,7 @@ class ClaimStore:
                                 locked_at=now,
                                 locked_by_node=self.node,
                                 locked_until=until,
+                                job_id=job.id,
                             )
                         )
                     except IntegrityError as exc:

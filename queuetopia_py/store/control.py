@@ -35,17 +35,15 @@ def row_to_suspension(row: sa.Row[Any]) -> Suspension:
 def in_progress(conn: sa.Connection, db: Database, job: Job, now: datetime) -> bool:
     """Whether an attempt of `job` runs now: its queue's live lock was taken for it."""
     locks = db.tables.locks
-    lock = conn.execute(
-        sa.select(locks).where(
-            locks.c.scope == job.scope, locks.c.queue == job.queue, locks.c.locked_until > now
+    held = conn.execute(
+        sa.select(locks.c.job_id).where(
+            locks.c.scope == job.scope,
+            locks.c.queue == job.queue,
+            locks.c.locked_until > now,
+            locks.c.job_id == job.id,
         )
     ).first()
-    return (
-        lock is not None
-        and job.attempted_at is not None
-        and job.attempted_by == lock.locked_by_node
-        and job.attempted_at >= lock.locked_at
-    )
+    return held is not None and not job.done
 
 
 class ControlStore:

@@ -65,6 +65,16 @@ class Inspection:
             lock_rows = conn.execute(
                 sa.select(locks).where(locks.c.scope == self.scope, locks.c.locked_until > now)
             ).all()
+            running_ids = [r.job_id for r in lock_rows if r.job_id is not None]
+            locked_jobs = {
+                job.id: job
+                for job in (
+                    row_to_job(r)
+                    for r in conn.execute(
+                        sa.select(jobs).where(jobs.c.id.in_(running_ids), jobs.c.done_at.is_(None))
+                    )
+                )
+            }
             suspensions = [
                 row_to_suspension(r)
                 for r in conn.execute(sa.select(sus).where(sus.c.scope == self.scope))
@@ -73,24 +83,27 @@ class Inspection:
         own = {s.queue: s for s in suspensions if s.queue is not None}
         by_queue_heads = {j.queue: j for j in heads}
         by_queue_locks = {
-            r.queue: Lock(r.queue, r.locked_by_node, r.locked_at, r.locked_until) for r in lock_rows
+            r.queue: Lock(r.queue, r.locked_by_node, r.locked_at, r.locked_until, r.job_id)
+            for r in lock_rows
         }
         tallies = {q: (int(p or 0), int(f or 0)) for q, p, f in counts}
         names = set(tallies) | set(by_queue_locks) | set(own)
         result: list[QueueStatus] = []
         nodes: dict[str, list[RunningAttempt]] = {}
         for name in sorted(names):
-            job = by_queue_heads.get(name)
             lock = by_queue_locks.get(name)
+            attempt = None if lock is None or lock.job_id is None else locked_jobs.get(lock.job_id)
             running = None
             if (
-                job is not None
-                and lock is not None
-                and job.attempted_at is not None
-                and job.attempted_by == lock.node
-                and job.attempted_at >= lock.locked_at
+                lock is not None
+                and attempt is not None
+                and attempt.attempted_at is not None
+                and attempt.attempted_by == lock.node
+                and attempt.attempted_at >= lock.locked_at
             ):
-                running = RunningAttempt(lock.node, name, job, job.attempted_at, lock.locked_until)
+                running = RunningAttempt(
+                    lock.node, name, attempt, attempt.attempted_at, lock.locked_until
+                )
                 nodes.setdefault(lock.node, []).append(running)
             pending_count, failed = tallies.get(name, (0, 0))
             result.append(
@@ -98,7 +111,7 @@ class Inspection:
                     queue=name,
                     pending=pending_count,
                     failed=failed,
-                    head=job,
+                    head=by_queue_heads.get(name),
                     lock=lock,
                     suspended=own.get(name) or scope_suspension,
                     running=running,
