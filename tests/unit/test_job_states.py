@@ -1,0 +1,63 @@
+"""`Job.state` and the failure-mode values, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from factories import make_job
+
+from queuetopia_py import JOB_STATES, InvalidJobError, MoveTo
+from queuetopia_py.job import Intervention, dead_letter_queue, to_on_failure
+
+NOW = datetime.now(UTC)
+
+
+@pytest.mark.parametrize(
+    ("fields", "state"),
+    [
+        ({"attempts": 0, "error": None}, "pending"),
+        ({"attempts": 1, "error": "boom"}, "retrying"),
+        ({"attempts": 3, "round_start": 3, "error": "old error"}, "pending"),
+        ({"attempts": 1, "error": "boom", "next_attempt_at": None}, "blocked"),
+        ({"done_at": NOW, "outcome": "aborted"}, "done"),
+        ({"outcome": "given_up", "next_attempt_at": None}, "given_up"),
+        ({"outcome": "cancelled", "next_attempt_at": None}, "cancelled"),
+        ({"outcome": "aborted", "next_attempt_at": None}, "aborted"),
+        ({"outcome": "dead_lettered", "next_attempt_at": None}, "dead_lettered"),
+    ],
+)
+def test_state_of_a_job(fields: dict[str, object], state: str) -> None:
+    job = make_job(**fields)
+    assert job.state == state and state in JOB_STATES
+    assert job.pending == (state in ("pending", "retrying", "blocked"))
+    assert job.given_up == (state == "given_up")
+
+
+def test_round_attempts_count_from_the_last_retry() -> None:
+    assert make_job(attempts=5, round_start=3).round_attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("give_up", "give_up"), ("block", "block"), (MoveTo("dead"), "move_to:dead")],
+)
+def test_failure_modes_are_stored_as_text(given: object, stored: str) -> None:
+    assert to_on_failure(given) == stored
+    assert to_on_failure(stored) == stored
+
+
+def test_the_dead_letter_queue_of_a_failure_mode() -> None:
+    assert dead_letter_queue("move_to:dead letters") == "dead letters"
+    assert dead_letter_queue("give_up") is None
+
+
+@pytest.mark.parametrize("bad", ["retry", "move_to:", " block", None, MoveTo(" x")])
+def test_bad_failure_modes_are_refused(bad: object) -> None:
+    with pytest.raises(InvalidJobError, match="on_failure"):
+        to_on_failure(bad)
+
+
+def test_interventions_survive_their_stored_form() -> None:
+    entry = Intervention("abort", "alice@host", NOW, "customer gone")
+    assert Intervention.from_json(entry.to_json()) == entry
