@@ -1,11 +1,23 @@
-"""The `queuetopia` command line: `migrate`, `worker` and `demo`.
+"""The `queuetopia` command line.
 
-Every option can also be given as an environment variable named after the command and
-the option, e.g. `QUEUETOPIA_WORKER_REPO` for `queuetopia worker --repo`.
+Setting up and running:
 
     $ queuetopia migrate postgresql://app@db/app
     $ queuetopia worker myapp.jobs:MailQueue --poll-interval 5
     $ queuetopia demo
+
+Operating the queues of a database (`--repo URL` or QUEUETOPIA_REPO, `--json` for scripts):
+
+    $ queuetopia queues [--scope S]                 # status of every queue, blocked ones marked
+    $ queuetopia jobs list --scope S [--state given_up] [--page 2]
+    $ queuetopia jobs show 42
+    $ queuetopia suspend [QUEUE] --scope S          # resume [QUEUE] --scope S
+    $ queuetopia cancel 42 | abort 42 | retry 42 [--reason R] [--by B]
+    $ queuetopia cleanup --scope S [--older-than SECONDS]
+
+Every option can also be given as an environment variable named after the command and
+the option, e.g. `QUEUETOPIA_WORKER_REPO` for `queuetopia worker --repo`; the operations
+commands share QUEUETOPIA_REPO and QUEUETOPIA_PREFIX.
 """
 
 from __future__ import annotations
@@ -17,16 +29,38 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from types import FrameType
+from typing import Any, TypeVar
 
 import click
 import sqlalchemy as sa
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import ConfigurationError, QueuetopiaError, SchemaMissingError
-from queuetopia_py.migrations import LATEST, migrate
+from queuetopia_py.cli_tables import (
+    dumps,
+    fmt_duration,
+    fmt_suspension,
+    fmt_time,
+    job_json,
+    jobs_page_json,
+    queues_json,
+    render_job,
+    render_jobs_page,
+    render_queues,
+)
+from queuetopia_py.errors import (
+    ConfigurationError,
+    DatabaseError,
+    JobNotFoundError,
+    JobStateError,
+    QueuetopiaError,
+    SchemaMissingError,
+)
+from queuetopia_py.job import LISTED_STATES, Job, Page
+from queuetopia_py.migrations import LATEST, current_version, migrate
 from queuetopia_py.queuetopia import Queuetopia
 
 # Named explicitly: under `python -m queuetopia_py.cli`, __name__ is "__main__".
@@ -148,7 +182,8 @@ def cli() -> None:
     """queuetopia: strictly ordered, blocking job queues stored in an SQL database.
 
     Each option can also be set with an environment variable QUEUETOPIA_<COMMAND>_<OPTION>,
-    e.g. QUEUETOPIA_WORKER_REPO.
+    e.g. QUEUETOPIA_WORKER_REPO; the commands that operate queues and jobs read their
+    database URL from QUEUETOPIA_REPO and their table prefix from QUEUETOPIA_PREFIX.
     """
 
 
@@ -301,6 +336,502 @@ def demo_command(path: str | None, log_level: str) -> None:
         ok = run_demo(path)
     if not ok:
         raise click.exceptions.Exit(1)
+
+
+# -- operations: queues, jobs, suspend/resume, cancel/abort/retry, cleanup ------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Job ids are 64-bit integers in every database.
+JOB_ID = click.IntRange(min=1, max=2**63 - 1)
+MAX_PAGE_SIZE = 10_000
+MAX_PAGE = 1_000_000_000
+
+
+def ops_options(command: F) -> F:
+    """Add the options every operations command takes: `--repo`, `--prefix`, `--json`."""
+    command = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        default=False,
+        help="Print one JSON document on stdout instead of text.",
+    )(command)
+    command = click.option(
+        "--prefix",
+        default=defaults.TABLE_PREFIX,
+        envvar="QUEUETOPIA_PREFIX",
+        show_envvar=True,
+        help="Prefix of the table names.",
+    )(command)
+    command = click.option(
+        "--repo",
+        metavar="URL",
+        required=True,
+        envvar="QUEUETOPIA_REPO",
+        show_envvar=True,
+        help="Database URL, e.g. postgresql://user@host/db or sqlite:///jobs.db.",
+    )(command)
+    return command
+
+
+def _migrate_hint(prefix: str) -> str:
+    extra = "" if prefix == defaults.TABLE_PREFIX else f" --prefix {prefix}"
+    return f"`queuetopia migrate URL{extra}`"
+
+
+@contextmanager
+def ops_errors(url: str, prefix: str) -> Iterator[None]:
+    """Turn the errors of an operations command into a one-line message and exit code 1:
+    unknown job, action not allowed in the job's state, bad URL, unreachable database,
+    missing tables (the message says to run `queuetopia migrate`)."""
+    where = f" ({safe_url(url)})"
+    try:
+        yield
+    except SchemaMissingError as exc:
+        message = str(exc)
+        if "queuetopia migrate" not in message:
+            message += f"; run {_migrate_hint(prefix)} first"
+        elif prefix != defaults.TABLE_PREFIX and "--prefix" not in message:
+            message += f" (with --prefix {prefix})"
+        raise click.ClickException(f"{message}{where}") from exc
+    except (JobNotFoundError, JobStateError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (DatabaseError, ConfigurationError) as exc:
+        raise click.ClickException(f"{exc}{where}") from exc
+    except QueuetopiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except sa.exc.SQLAlchemyError as exc:
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise click.ClickException(
+            f"database error: {text[0] if text else type(exc).__name__}{where}"
+        ) from exc
+
+
+class Tables:
+    """The queuetopia tables of one database and prefix, as the operations commands see
+    them: one `Queuetopia` instance per scope, all sharing one engine."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        # The first instance owns the engine; `close()` disposes of it.
+        self._owner = Queuetopia(repo=url, table_prefix=prefix)
+        self._instances: dict[str, Queuetopia] = {}
+
+    def check_schema(self) -> None:
+        """Raise `SchemaMissingError` unless the tables exist at the newest version."""
+        with self._owner.engine.connect() as conn:
+            version = current_version(conn, self.prefix)
+        if version == 0:
+            raise SchemaMissingError(
+                f"the queuetopia tables ({self.prefix}*) are missing: "
+                f"run {_migrate_hint(self.prefix)} first"
+            )
+        if version < LATEST:
+            raise SchemaMissingError(
+                f"the queuetopia tables ({self.prefix}*) are at schema version {version}, "
+                f"this version needs {LATEST}: run {_migrate_hint(self.prefix)} first"
+            )
+
+    def scope(self, scope: str) -> Queuetopia:
+        """A Queuetopia instance (never started) of `scope`."""
+        if scope not in self._instances:
+            self._instances[scope] = Queuetopia(
+                repo=self._owner.engine, scope=scope, table_prefix=self.prefix
+            )
+        return self._instances[scope]
+
+    def known_scopes(self) -> list[str]:
+        """Every scope with jobs, locks or suspensions in these tables."""
+        return self._owner.known_scopes()
+
+    def only_scope(self) -> str | None:
+        """The single scope in these tables (None when there is none); a usage error
+        asking for `--scope` when there are several."""
+        scopes = self.known_scopes()
+        if len(scopes) > 1:
+            shown = ", ".join(scopes[:10]) + (", ..." if len(scopes) > 10 else "")
+            raise click.UsageError(
+                f"--scope is required: the tables hold {len(scopes)} scopes ({shown})",
+                click.get_current_context(silent=True),
+            )
+        return scopes[0] if scopes else None
+
+    def instance_of(self, job_id: int, scope: str | None) -> Queuetopia:
+        """The instance of the scope holding job `job_id` (looked up unless `scope` is
+        given); `JobNotFoundError` when no such job exists."""
+        if scope is None:
+            scope = self._owner.scope_of(job_id)
+            if scope is None:
+                raise JobNotFoundError(job_id)
+        return self.scope(scope)
+
+    def job(self, job_id: int, scope: str | None) -> Job:
+        """The job `job_id` (in `scope`, or wherever it is); `JobNotFoundError` if none."""
+        instance = self.instance_of(job_id, scope)
+        job = instance.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id, instance.scope)
+        return job
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._owner.stop()
+
+
+def _refuse_missing_sqlite_file(url: str, prefix: str) -> None:
+    """SQLite would create a missing file: say the database does not exist instead."""
+    try:
+        parsed = sa.make_url(url)
+    except Exception:
+        return  # Queuetopia explains what is wrong with the URL
+    database = parsed.database
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and database not in (None, "", ":memory:")
+        and "uri" not in parsed.query
+        and not os.path.exists(database or "")
+    ):
+        raise click.ClickException(
+            f"no SQLite database at {database}: check the URL, or create the tables with "
+            f"{_migrate_hint(prefix)}"
+        )
+
+
+@contextmanager
+def open_tables(url: str, prefix: str) -> Iterator[Tables]:
+    """The tables at `url` for an operations command, checked to exist; errors inside
+    the block become one-line messages (see `ops_errors`)."""
+    with ops_errors(url, prefix):
+        _refuse_missing_sqlite_file(url, prefix)
+        tables = Tables(url, prefix)
+        try:
+            tables.check_schema()
+            yield tables
+        finally:
+            tables.close()
+
+
+def echo_lines(lines: list[str]) -> None:
+    """Print lines of text (colors only when stdout is a terminal)."""
+    click.echo("\n".join(lines))
+
+
+def echo_json(document: Any) -> None:
+    """Print one JSON document on stdout."""
+    click.echo(dumps(document))
+
+
+@cli.command("queues")
+@click.option("--scope", default=None, help="Show only this scope (default: every scope).")
+@ops_options
+def queues_command(scope: str | None, repo: str, prefix: str, as_json: bool) -> None:
+    """Show the status of each queue and the running attempts.
+
+    One row per queue: pending and failed jobs, state, head job, its attempts, next
+    attempt and last error, and the queue's lock (holder and until when).
+
+    Blocked queues (their head job failed) are marked with "!" (and red on a terminal).
+    The state is blocked, suspended, running, waiting (pending jobs, none running) or idle.
+    """
+    with open_tables(repo, prefix) as tables:
+        scopes = [scope] if scope is not None else tables.known_scopes()
+        statuses = [tables.scope(name).status() for name in scopes]
+    if as_json:
+        echo_json(queues_json(statuses))
+    else:
+        echo_lines(render_queues(statuses))
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """List jobs or show one."""
+
+
+@jobs_group.command("list")
+@click.option(
+    "--scope", default=None, help="Scope of the jobs (required when the tables hold several)."
+)
+@click.option("--queue", default=None, help="Only the jobs of this queue.")
+@click.option("--action", default=None, help="Only the jobs of this action.")
+@click.option(
+    "--state",
+    type=click.Choice(LISTED_STATES, case_sensitive=False),
+    default=None,
+    help="Only the jobs in this state (pending includes retrying and blocked jobs).",
+)
+@click.option(
+    "--page", type=click.IntRange(min=1, max=MAX_PAGE), default=1, help="Page number, from 1."
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1, max=MAX_PAGE_SIZE),
+    default=50,
+    help="Jobs per page.",
+)
+@ops_options
+def jobs_list_command(
+    scope: str | None,
+    queue: str | None,
+    action: str | None,
+    state: str | None,
+    page: int,
+    page_size: int,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """List the jobs of a scope in the order they run, one page at a time.
+
+    Shows each job's id, queue, action, state, attempts, next attempt (or when it was
+    done) and a one-line summary of its error (for a traceback, the exception line),
+    then "page N of M (T jobs)".
+    """
+    with open_tables(repo, prefix) as tables:
+        if scope is None:
+            scope = tables.only_scope()
+        if scope is None:  # no job, lock or suspension at all in these tables
+            listing = Page(items=[], total=0, page_number=page, page_size=page_size)
+        else:
+            listing = tables.scope(scope).paginate_jobs(
+                page_size, page, queue=queue, action=action, state=state
+            )
+    if as_json:
+        echo_json(jobs_page_json(scope, listing))
+    else:
+        echo_lines(render_jobs_page(listing))
+
+
+@jobs_group.command("show")
+@click.argument("job_id", metavar="ID", type=JOB_ID)
+@click.option("--scope", default=None, help="Scope of the job (default: looked up by id).")
+@ops_options
+def jobs_show_command(
+    job_id: int, scope: str | None, repo: str, prefix: str, as_json: bool
+) -> None:
+    """Show every field of job ID: settings, times, progress, params, result, the whole
+    error and the interventions on it (who, when, why)."""
+    with open_tables(repo, prefix) as tables:
+        job = tables.job(job_id, scope)
+    if as_json:
+        echo_json(job_json(job))
+    else:
+        echo_lines(render_job(job))
+
+
+def _whom(queue: str | None, scope: str) -> str:
+    return f"scope {scope}" if queue is None else f"queue {queue} of scope {scope}"
+
+
+@cli.command("suspend")
+@click.argument("queue", required=False, default=None)
+@click.option("--scope", required=True, help="Scope of the queue.")
+@click.option("--reason", default=None, help="Why (recorded with the suspension).")
+@click.option("--by", default=None, help="Who suspends (default: user@host).")
+@ops_options
+def suspend_command(
+    queue: str | None,
+    scope: str,
+    reason: str | None,
+    by: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Suspend a queue, or a whole scope.
+
+    Without QUEUE the whole scope is suspended. No new attempt starts there until it is
+    resumed, on any node; a running attempt finishes. Suspending again keeps the first
+    record.
+    """
+    with open_tables(repo, prefix) as tables:
+        suspension = tables.scope(scope).suspend(queue, by=by, reason=reason)
+    if as_json:
+        echo_json(suspension)
+    else:
+        click.echo(f"{_whom(queue, scope)} suspended {fmt_suspension(suspension)}")
+
+
+@cli.command("resume")
+@click.argument("queue", required=False, default=None)
+@click.option("--scope", required=True, help="Scope of the queue.")
+@click.option("--reason", default=None, help="Why.")
+@click.option("--by", default=None, help="Who resumes (default: user@host).")
+@ops_options
+def resume_command(
+    queue: str | None,
+    scope: str,
+    reason: str | None,
+    by: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Resume a suspended queue, or a whole scope.
+
+    Without QUEUE the scope's own suspension is lifted; queues suspended one by one stay
+    suspended.
+    """
+    with open_tables(repo, prefix) as tables:
+        instance = tables.scope(scope)
+        resumed = instance.resume(queue, by=by, reason=reason)
+        scope_suspended = queue is not None and any(s.queue is None for s in instance.suspensions())
+    if as_json:
+        echo_json(
+            {
+                "scope": scope,
+                "queue": queue,
+                "resumed": resumed,
+                "scope_suspended": scope_suspended,
+            }
+        )
+        return
+    whom = _whom(queue, scope)
+    click.echo(f"{whom} resumed" if resumed else f"{whom} was not suspended")
+    if scope_suspended:
+        click.echo(
+            f"the whole scope {scope} is still suspended: "
+            f"`queuetopia resume --scope {scope}` resumes it"
+        )
+
+
+def _job_action(
+    action: str,
+    job_id: int,
+    scope: str | None,
+    reason: str | None,
+    by: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Run `cancel_job`, `abort_job` or `retry_job` and print the job afterwards."""
+    with open_tables(repo, prefix) as tables:
+        instance = tables.instance_of(job_id, scope)
+        operations: dict[str, Callable[..., Job]] = {
+            "cancel": instance.cancel_job,
+            "abort": instance.abort_job,
+            "retry": instance.retry_job,
+        }
+        job = operations[action](job_id, by=by, reason=reason)
+    if as_json:
+        echo_json(job_json(job))
+        return
+    done = {"cancel": "cancelled", "abort": "aborted", "retry": "retried"}[action]
+    text = f"job {job.id} ({job.scope}/{job.queue}, {job.action}) {done}: state {job.state}"
+    if job.next_attempt_at is not None and job.state in ("pending", "retrying"):
+        text += f", next attempt {fmt_time(job.next_attempt_at)}"
+    click.echo(text)
+
+
+def _job_action_options(command: F) -> F:
+    """ID, --scope, --reason, --by and the common options of cancel/abort/retry."""
+    command = ops_options(command)
+    command = click.option("--by", default=None, help="Who acts (default: user@host).")(command)
+    command = click.option(
+        "--reason", default=None, help="Why (recorded in the job's interventions)."
+    )(command)
+    command = click.option(
+        "--scope", default=None, help="Scope of the job (default: looked up by id)."
+    )(command)
+    command = click.argument("job_id", metavar="ID", type=JOB_ID)(command)
+    return command
+
+
+@cli.command("cancel")
+@_job_action_options
+def cancel_command(
+    job_id: int,
+    scope: str | None,
+    reason: str | None,
+    by: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Cancel job ID: it will not run.
+
+    Applies to a pending job whose attempt is not running now; its queue goes on with
+    the next job.
+    """
+    _job_action("cancel", job_id, scope, reason, by, repo, prefix, as_json)
+
+
+@cli.command("abort")
+@_job_action_options
+def abort_command(
+    job_id: int,
+    scope: str | None,
+    reason: str | None,
+    by: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Abort job ID: it will not be attempted again.
+
+    Applies to a pending job, even while its attempt runs (an attempt that then
+    succeeds still makes the job done); its queue goes on with the next job.
+    """
+    _job_action("abort", job_id, scope, reason, by, repo, prefix, as_json)
+
+
+@cli.command("retry")
+@_job_action_options
+def retry_command(
+    job_id: int,
+    scope: str | None,
+    reason: str | None,
+    by: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Retry job ID now.
+
+    A head waiting for its next attempt runs at once; a job given up, aborted, cancelled
+    or blocked gets a new round of attempts, back at its place in its queue.
+    """
+    _job_action("retry", job_id, scope, reason, by, repo, prefix, as_json)
+
+
+@cli.command("cleanup")
+@click.option("--scope", required=True, help="Scope whose done jobs are deleted.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    show_default=False,
+    help=(
+        "Delete jobs done more than this many seconds ago "
+        f"(default: {defaults.JOB_RETENTION.total_seconds():.0f}, the job_retention default)."
+    ),
+)
+@ops_options
+def cleanup_command(
+    scope: str, older_than: float | None, repo: str, prefix: str, as_json: bool
+) -> None:
+    """Delete a scope's done jobs; print how many.
+
+    Runs `cleanup_jobs`: deletes the jobs of the scope done longer ago than --older-than.
+    """
+    with open_tables(repo, prefix) as tables:
+        instance = tables.scope(scope)
+        if older_than is None:
+            deleted = instance.cleanup_jobs()
+            retention = instance.options.job_retention
+        else:
+            deleted = instance.cleanup_jobs(older_than)  # refuses NaN and huge values
+            retention = timedelta(seconds=older_than)
+    if as_json:
+        echo_json({"scope": scope, "deleted": deleted, "older_than": retention})
+    else:
+        noun = "job" if deleted == 1 else "jobs"
+        click.echo(
+            f"deleted {deleted} {noun} of scope {scope} done more than "
+            f"{fmt_duration(retention)} ago"
+        )
 
 
 def main() -> None:

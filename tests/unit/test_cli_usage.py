@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import traceback
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from factories import make_job
 
-from queuetopia_py import Job, Queuetopia
+from queuetopia_py import Job, Page, Queuetopia, cli_tables
 from queuetopia_py.cli import cli, load_queue_class
 from queuetopia_py.demo import DemoPerformer
 
@@ -173,3 +176,148 @@ def test_demo_performer_fails_the_first_attempts_then_succeeds_and_prints_each()
     assert all("payments" in line for line in lines)
     assert "attempt 1" in lines[0] and "failed" in lines[0] and "retry at" in lines[0]
     assert "attempt 3" in lines[2] and "ok" in lines[2]
+
+
+# -- operations commands -------------------------------------------------------------------
+
+OPS_COMMANDS = [
+    ["queues"],
+    ["jobs", "list"],
+    ["jobs", "show", "1"],
+    ["suspend", "--scope", "s"],
+    ["resume", "--scope", "s"],
+    ["cancel", "1"],
+    ["abort", "1"],
+    ["retry", "1"],
+    ["cleanup", "--scope", "s"],
+]
+
+
+def test_help_lists_the_operations_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    commands = set(result.output.split("Commands:")[1].split())
+    assert {"queues", "jobs", "suspend", "resume", "cancel", "abort", "retry", "cleanup"} <= (
+        commands
+    )
+    jobs = invoke("jobs", "--help")
+    assert jobs.exit_code == 0
+    assert {"list", "show"} <= set(jobs.output.split("Commands:")[1].split())
+
+
+@pytest.mark.parametrize("command", OPS_COMMANDS, ids=lambda c: "-".join(c))
+def test_each_operations_command_takes_repo_prefix_and_json(command: list[str]) -> None:
+    words = [word for word in command if not word.startswith("-") and word not in ("1", "s")]
+    result = invoke(*words, "--help")
+    assert result.exit_code == 0, result.output
+    for fragment in ("--repo", "QUEUETOPIA_REPO", "--prefix", "QUEUETOPIA_PREFIX", "--json"):
+        assert fragment in result.output
+
+
+@pytest.mark.parametrize("command", OPS_COMMANDS, ids=lambda c: "-".join(c))
+def test_each_operations_command_needs_a_repo(command: list[str]) -> None:
+    result = invoke(*command)
+    assert result.exit_code == 2
+    assert "Missing option '--repo'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "explanation"),
+    [
+        (["jobs", "show", "notanumber"], "'notanumber' is not a valid integer"),
+        (["cancel", "1.5"], "'1.5' is not a valid integer"),
+        (["retry", "0"], "0 is not in the range 1<=x<="),
+        (["abort", str(2**64)], "is not in the range 1<=x<="),
+        (["jobs", "list", "--state", "bogus"], "'bogus' is not one of 'pending', 'done'"),
+        (["jobs", "list", "--page", "0"], "0 is not in the range 1<=x<="),
+        (["jobs", "list", "--page-size", "-1"], "-1 is not in the range 1<=x<=10000"),
+        (["cleanup", "--scope", "s", "--older-than", "soon"], "'soon' is not a valid float"),
+        (["suspend", "q"], "Missing option '--scope'"),
+        (["resume"], "Missing option '--scope'"),
+        (["cleanup"], "Missing option '--scope'"),
+    ],
+)
+def test_bad_arguments_of_operations_commands_are_usage_errors(
+    args: list[str], explanation: str, tmp_path: Path
+) -> None:
+    result = invoke(*args, "--repo", f"sqlite:///{tmp_path / 'jobs.db'}")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert explanation in result.output
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_operations_commands_reject_text_that_is_not_a_url() -> None:
+    result = invoke("queues", "--repo", "not a url")
+    assert_clean_failure(result, "not a database URL")
+    assert result.exit_code == 1
+
+
+def test_operations_commands_report_an_unreachable_database_without_the_password() -> None:
+    result = invoke("jobs", "show", "7", "--repo", "postgresql://postgres:secret@127.0.0.1:1/db")
+    assert_clean_failure(result, "database error", "127.0.0.1")
+    assert result.exit_code == 1
+    assert "secret" not in result.output
+
+
+def test_operations_commands_do_not_create_a_missing_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    result = invoke("cancel", "3", env={"QUEUETOPIA_REPO": f"sqlite:///{path}"})
+    assert_clean_failure(result, f"no SQLite database at {path}", "queuetopia migrate")
+    assert result.exit_code == 1
+    assert not path.exists()
+
+
+def test_operations_commands_check_the_table_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    path.touch()
+    result = invoke("queues", "--repo", f"sqlite:///{path}", env={"QUEUETOPIA_PREFIX": "Bad-"})
+    assert_clean_failure(result, "table_prefix", "Bad-")
+    assert result.exit_code == 1
+
+
+def test_error_summary_is_the_exception_line_of_a_traceback() -> None:
+    try:
+        raise ValueError("bad amount\nsecond line")
+    except ValueError as exc:
+        stored = "".join(traceback.format_exception(exc))
+    assert cli_tables.error_summary(stored) == "ValueError: bad amount"
+    assert cli_tables.error_summary("job_timeout\nmore") == "job_timeout"
+    assert cli_tables.error_summary("x" * 100, width=10) == "xxxxxxx..."
+    assert cli_tables.error_summary(None) == ""
+    cut = "Traceback (most recent call last):\n  File 'a.py', line 1\n    boom()"
+    assert cli_tables.error_summary(cut) == "boom()"
+
+
+def test_json_values_are_plain_iso_datetimes_and_seconds() -> None:
+    job = make_job(timeout=timedelta(seconds=30), params={"to": "a@b.c"})
+    data = json.loads(cli_tables.dumps({"job": job, "delay": timedelta(minutes=2)}))
+    assert data["delay"] == 120.0
+    assert data["job"]["timeout"] == 30.0
+    assert data["job"]["state"] == "pending"
+    assert data["job"]["params"] == {"to": "a@b.c"}
+    assert datetime.fromisoformat(data["job"]["inserted_at"]) == job.inserted_at
+
+
+def test_jobs_page_has_a_footer_with_the_page_and_the_total() -> None:
+    jobs = [make_job(id=i, queue="q", action="a", error="boom") for i in (3, 4)]
+    page = Page(items=jobs, total=7, page_number=2, page_size=2)
+    lines = [click.unstyle(line) for line in cli_tables.render_jobs_page(page)]
+    assert lines[0].split() == ["ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT", "ATTEMPT",
+                                "/", "DONE", "AT", "ERROR"]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:3]] == ["3", "4"]
+    assert lines[-1] == "page 2 of 4 (7 jobs)"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (0.5, "0.5s"), (45, "45s"), (200, "3m20s"), (7500, "2h5m"), (604800, "7d")],
+)
+def test_durations_are_shown_in_their_largest_units(seconds: float, shown: str) -> None:
+    assert cli_tables.fmt_duration(timedelta(seconds=seconds)) == shown
+
+
+def test_table_cells_stay_on_one_line() -> None:
+    lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])
+    assert len(lines) == 2
+    assert click.unstyle(lines[1]) == "x y  tab here"

@@ -1,0 +1,496 @@
+"""What the operations commands of `queuetopia` print: tables for people, JSON for scripts.
+
+Everything here turns values the library returns (`Job`, `Page`, `Status`...) into lines
+of text or JSON documents; nothing reads the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from queuetopia_py.job import Job, Page
+from queuetopia_py.status import QueueStatus, RunningAttempt, Status, Suspension
+
+#: The queue states the `queues` table shows, most pressing first.
+QUEUE_STATES = ("blocked", "suspended", "running", "waiting", "idle")
+#: Width at which the summary line of an error is cut in tables.
+ERROR_WIDTH = 48
+#: Marks a blocked queue at the start of its row.
+BLOCKED_MARK = "!"
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON-ready data: datetimes as ISO-8601 strings, timedeltas as seconds
+    (float), dataclasses as objects (a `Job` also gets its `state`), tuples as lists."""
+    if isinstance(value, Job):
+        return job_json(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(item) for item in value]
+    return value
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """Every field of `job`, plus its `state` and `round_attempts`, as JSON-ready data."""
+    data: dict[str, Any] = {f.name: plain(getattr(job, f.name)) for f in dataclasses.fields(job)}
+    data["state"] = job.state
+    data["round_attempts"] = job.round_attempts
+    return data
+
+
+def dumps(document: Any) -> str:
+    """One JSON document (indented) for `--json` output."""
+    return json.dumps(plain(document), indent=2, ensure_ascii=False, default=str)
+
+
+# -- text helpers --------------------------------------------------------------------------
+
+
+def first_line(text: str | None, width: int = ERROR_WIDTH) -> str:
+    """The first non-blank line of `text`, cut to `width` characters (with "...")."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return shorten(lines[0] if lines else "", width)
+
+
+def error_summary(error: str | None, width: int = ERROR_WIDTH) -> str:
+    """The line that says what went wrong, cut to `width`: for a Python traceback, the
+    exception line after the last "Traceback" header; otherwise the first line."""
+    lines = (error or "").splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if headers:
+        after = lines[headers[-1] + 1 :]
+        found = next((line for line in after if line.strip() and not line[0].isspace()), None)
+        if found is None:  # the stored traceback was cut before its exception line
+            found = next((line for line in reversed(after) if line.strip()), "")
+        return shorten(found.strip(), width)
+    return first_line(error, width)
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, ending in "..." when cut."""
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+def fmt_time(value: datetime | None) -> str:
+    """An instant as `YYYY-MM-DD HH:MM:SS` (UTC), or "-"."""
+    if value is None:
+        return "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_duration(delta: timedelta) -> str:
+    """A duration in the largest fitting units: `45s`, `3m20s`, `2h5m`, `3d4h`."""
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.3g}s" if seconds < 10 and seconds != int(seconds) else f"{seconds:.0f}s"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+
+
+def fmt_relative(value: datetime | None, now: datetime) -> str:
+    """An instant with how far it is from `now`: `12:00:05 (in 5s)`, `(3m ago)`."""
+    if value is None:
+        return "-"
+    delta = value - now
+    if abs(delta) < timedelta(seconds=1):
+        when = "now"
+    elif delta > timedelta(0):
+        when = f"in {fmt_duration(delta)}"
+    else:
+        when = f"{fmt_duration(-delta)} ago"
+    return f"{fmt_time(value)} ({when})"
+
+
+def fmt_progress(job: Job) -> str:
+    """What the job's running attempt last reported: `40% copying`, or "-"."""
+    progress = job.progress
+    if progress is None:
+        return "-"
+    parts = []
+    if progress.fraction is not None:
+        parts.append(f"{progress.fraction * 100:.0f}%")
+    if progress.message:
+        parts.append(first_line(progress.message, 40))
+    return " ".join(parts) or "-"
+
+
+def fmt_suspension(suspension: Suspension) -> str:
+    """`since <time> by <who>: <reason>`."""
+    text = f"since {fmt_time(suspension.suspended_at)} by {suspension.suspended_by}"
+    return f"{text}: {suspension.reason}" if suspension.reason else text
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines()).replace("\t", " ")
+
+
+def render_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    row_styles: Sequence[Mapping[str, Any] | None] | None = None,
+) -> list[str]:
+    """Lines of a table with left-aligned columns two spaces apart.
+
+    `row_styles[i]` (keywords of `click.style`, e.g. `{"fg": "red"}`) colors row `i`;
+    `click.echo` drops the colors when the output is not a terminal.
+    """
+    body = [[_one_line(text) for text in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in body:
+        for index, text in enumerate(row):
+            widths[index] = max(widths[index], len(text))
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [text.ljust(widths[index]) for index, text in enumerate(cells)]
+        return "  ".join(padded).rstrip()
+
+    lines = [click.style(line(headers), bold=True)]
+    styles = list(row_styles or [])
+    for index, row in enumerate(body):
+        style = styles[index] if index < len(styles) else None
+        text = line(row)
+        lines.append(click.style(text, **style) if style else text)
+    return lines
+
+
+# -- queues --------------------------------------------------------------------------------
+
+
+def queue_state(queue: QueueStatus) -> str:
+    """One of `QUEUE_STATES`: blocked (its head failed and waits for a retry or an
+    operator), suspended, running (an attempt runs now), waiting (pending jobs, none
+    running) or idle (no pending job)."""
+    if queue.blocked:
+        return "blocked"
+    if queue.suspended is not None:
+        return "suspended"
+    if queue.running is not None:
+        return "running"
+    if queue.pending:
+        return "waiting"
+    return "idle"
+
+
+def queue_json(scope_status: Status, queue: QueueStatus) -> dict[str, Any]:
+    """One queue of `queues --json`."""
+    head = queue.head
+    lock = queue.lock
+    return {
+        "scope": scope_status.scope,
+        "queue": queue.queue,
+        "state": queue_state(queue),
+        "blocked": queue.blocked,
+        "pending": queue.pending,
+        "failed": queue.failed,
+        "head_job_id": None if head is None else head.id,
+        "attempts": None if head is None else head.attempts,
+        "round_attempts": None if head is None else head.round_attempts,
+        "max_attempts": None if head is None else head.max_attempts,
+        "next_attempt_at": plain(None if head is None else head.next_attempt_at),
+        "failing_since": plain(None if head is None else head.failing_since),
+        "last_error": None if head is None else head.error,
+        "locked_by": None if lock is None else lock.node,
+        "locked_until": plain(None if lock is None else lock.locked_until),
+        "suspended": plain(queue.suspended),
+        "head": plain(head),
+        "running": None if queue.running is None else running_json(queue.running),
+    }
+
+
+def running_json(attempt: RunningAttempt) -> dict[str, Any]:
+    """One running attempt, flattened: node, scope, queue, job id, times, progress."""
+    return {
+        "node": attempt.node,
+        "scope": attempt.job.scope,
+        "queue": attempt.queue,
+        "job_id": attempt.job.id,
+        "action": attempt.job.action,
+        "attempt": attempt.job.attempts,
+        "started_at": plain(attempt.started_at),
+        "locked_until": plain(attempt.locked_until),
+        "progress": plain(attempt.job.progress),
+    }
+
+
+def _running_attempts(statuses: Sequence[Status]) -> list[RunningAttempt]:
+    attempts = [
+        attempt
+        for status in statuses
+        for node_attempts in status.nodes.values()
+        for attempt in node_attempts
+    ]
+    return sorted(attempts, key=lambda a: (a.node, a.job.scope, a.queue, a.job.id))
+
+
+def queues_summary(statuses: Sequence[Status]) -> dict[str, int]:
+    """Counts of queues, blocked queues and suspended queues."""
+    queues = [queue for status in statuses for queue in status.queues]
+    return {
+        "queues": len(queues),
+        "blocked": sum(1 for queue in queues if queue.blocked),
+        "suspended": sum(1 for queue in queues if queue.suspended is not None),
+    }
+
+
+def summary_line(summary: Mapping[str, int]) -> str:
+    """`N queues, M blocked, K suspended`."""
+    noun = "queue" if summary["queues"] == 1 else "queues"
+    return (
+        f"{summary['queues']} {noun}, {summary['blocked']} blocked, "
+        f"{summary['suspended']} suspended"
+    )
+
+
+def queues_json(statuses: Sequence[Status]) -> dict[str, Any]:
+    """The document of `queues --json`."""
+    return {
+        "at": plain(statuses[0].at) if statuses else None,
+        "summary": queues_summary(statuses),
+        "queues": [queue_json(status, queue) for status in statuses for queue in status.queues],
+        "suspended_scopes": [
+            plain(status.suspended) for status in statuses if status.suspended is not None
+        ],
+        "running": [running_json(attempt) for attempt in _running_attempts(statuses)],
+    }
+
+
+def _next_attempt(queue: QueueStatus, now: datetime) -> str:
+    head = queue.head
+    if head is None:
+        return "-"
+    running = queue.running
+    if running is not None and running.job.id == head.id:
+        return "running now"
+    if head.next_attempt_at is None:
+        return "manual retry" if head.state == "blocked" else "-"
+    return fmt_relative(head.next_attempt_at, now)
+
+
+def render_queues(statuses: Sequence[Status]) -> list[str]:
+    """The `queues` report: one row per queue (blocked ones marked with "!" and in red),
+    the summary line, suspended scopes, and the attempts running on each node."""
+    headers = (
+        " ",
+        "SCOPE",
+        "QUEUE",
+        "STATE",
+        "PENDING",
+        "FAILED",
+        "HEAD",
+        "ATTEMPTS",
+        "NEXT ATTEMPT",
+        "LAST ERROR",
+        "LOCKED BY",
+        "UNTIL",
+    )
+    rows: list[list[str]] = []
+    styles: list[Mapping[str, Any] | None] = []
+    for status in statuses:
+        for queue in status.queues:
+            head, lock = queue.head, queue.lock
+            state = queue_state(queue)
+            if state == "blocked" and queue.suspended is not None:
+                state = "blocked, suspended"
+            rows.append(
+                [
+                    BLOCKED_MARK if queue.blocked else "",
+                    status.scope,
+                    queue.queue,
+                    state,
+                    str(queue.pending),
+                    str(queue.failed),
+                    "-" if head is None else str(head.id),
+                    "-" if head is None else f"{head.round_attempts}/{head.max_attempts}",
+                    _next_attempt(queue, status.at),
+                    "-" if head is None or not head.error else error_summary(head.error),
+                    "-" if lock is None else lock.node,
+                    "-" if lock is None else fmt_time(lock.locked_until),
+                ]
+            )
+            if queue.blocked:
+                styles.append({"fg": "red", "bold": True})
+            elif queue.suspended is not None:
+                styles.append({"fg": "yellow"})
+            else:
+                styles.append(None)
+    lines = render_table(headers, rows, styles) if rows else ["no queues"]
+    summary = queues_summary(statuses)
+    text = summary_line(summary)
+    lines += ["", click.style(text, fg="red", bold=True) if summary["blocked"] else text]
+    for status in statuses:
+        if status.suspended is not None:
+            lines.append(
+                click.style(
+                    f"scope {status.scope} suspended {fmt_suspension(status.suspended)}",
+                    fg="yellow",
+                )
+            )
+    attempts = _running_attempts(statuses)
+    lines.append("")
+    if not attempts:
+        lines.append("no running attempts")
+        return lines
+    lines.append("running attempts:")
+    lines += render_table(
+        ("NODE", "SCOPE", "QUEUE", "JOB", "ATTEMPT", "STARTED", "PROGRESS"),
+        [
+            [
+                attempt.node,
+                attempt.job.scope,
+                attempt.queue,
+                str(attempt.job.id),
+                str(attempt.job.attempts),
+                fmt_time(attempt.started_at),
+                fmt_progress(attempt.job),
+            ]
+            for attempt in attempts
+        ],
+    )
+    return lines
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def job_when(job: Job) -> str:
+    """When the job ran or will run: done at, next attempt, or its last attempt."""
+    if job.done_at is not None:
+        return f"done {fmt_time(job.done_at)}"
+    if job.next_attempt_at is not None:
+        return f"next {fmt_time(job.next_attempt_at)}"
+    if job.attempted_at is not None:
+        return f"last {fmt_time(job.attempted_at)}"
+    return "-"
+
+
+def render_jobs_page(page: Page) -> list[str]:
+    """A page of `jobs list`: a table of the jobs and a footer `page N of M (T jobs)`."""
+    rows = [
+        [
+            str(job.id),
+            job.queue,
+            job.action,
+            job.state,
+            str(job.attempts),
+            job_when(job),
+            error_summary(job.error) or "-",
+        ]
+        for job in page.items
+    ]
+    styles: list[Mapping[str, Any] | None] = [
+        {"fg": "red"} if job.state in ("retrying", "blocked") else None for job in page.items
+    ]
+    lines = (
+        render_table(
+            ("ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT ATTEMPT / DONE AT", "ERROR"),
+            rows,
+            styles,
+        )
+        if rows
+        else ["no jobs"]
+    )
+    lines.append(page_footer(page))
+    return lines
+
+
+def page_footer(page: Page) -> str:
+    """`page N of M (T jobs)`."""
+    noun = "job" if page.total == 1 else "jobs"
+    return f"page {page.page_number} of {page.total_pages} ({page.total} {noun})"
+
+
+def jobs_page_json(scope: str | None, page: Page) -> dict[str, Any]:
+    """The document of `jobs list --json`."""
+    return {
+        "scope": scope,
+        "page_number": page.page_number,
+        "page_size": page.page_size,
+        "total_pages": page.total_pages,
+        "total": page.total,
+        "jobs": [job_json(job) for job in page.items],
+    }
+
+
+def _indented(text: str) -> list[str]:
+    return ["  " + line if line else "" for line in text.splitlines()] or ["  "]
+
+
+def render_job(job: Job) -> list[str]:
+    """Every field of a job for `jobs show`: settings, times, progress, params and result
+    (JSON), the whole error and the interventions."""
+    attempts = f"{job.attempts} (max {job.max_attempts} per round)"
+    if job.round_start:
+        attempts += f"; this round: {job.round_attempts}, since attempt {job.round_start}"
+    progress = job.progress
+    fields: list[tuple[str, str]] = [
+        ("scope", job.scope),
+        ("queue", job.queue),
+        ("action", job.action),
+        ("state", job.state),
+        ("attempts", attempts),
+        ("on failure", job.on_failure),
+        ("timeout", fmt_duration(job.timeout)),
+        ("max backoff", fmt_duration(job.max_backoff)),
+        ("inserted at", fmt_time(job.inserted_at)),
+        ("scheduled at", fmt_time(job.scheduled_at)),
+        ("attempted at", fmt_time(job.attempted_at)),
+        ("attempted by", job.attempted_by or "-"),
+        ("next attempt at", fmt_time(job.next_attempt_at)),
+        ("done at", fmt_time(job.done_at)),
+        ("failing since", fmt_time(job.failing_since)),
+        (
+            "progress",
+            "-" if progress is None else f"{fmt_progress(job)} (at {fmt_time(progress.at)})",
+        ),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    failing = job.state in ("retrying", "blocked")
+    lines = [click.style(f"job {job.id}", bold=True)]
+    for name, value in fields:
+        text = f"  {(name + ':').ljust(width)} {value}"
+        lines.append(
+            click.style(text, fg="red", bold=True) if name == "state" and failing else text
+        )
+    lines.append("params:")
+    lines += _indented(json.dumps(job.params, indent=2, ensure_ascii=False))
+    lines.append("result:")
+    lines += _indented(json.dumps(job.result, indent=2, ensure_ascii=False, default=str))
+    lines.append("error:")
+    lines += _indented(job.error) if job.error else ["  -"]
+    lines.append("interventions:")
+    if job.interventions:
+        lines += [
+            "  " + line
+            for line in render_table(
+                ("AT", "ACTION", "BY", "REASON"),
+                [
+                    [fmt_time(item.at), item.action, item.by, item.reason or "-"]
+                    for item in job.interventions
+                ],
+            )
+        ]
+    else:
+        lines.append("  -")
+    return lines
