@@ -41,8 +41,9 @@ class Performer:
     def handle_failed_job(self, job: Job) -> None:
         """Called with the updated job after each failed attempt has been recorded.
 
-        Meant for alerting: `job.state` tells whether it will be retried ("retrying") or
-        met its failure mode ("given_up", "blocked", "dead_lettered"). If it raises, the
+        Meant for alerting: `job.state` tells whether it will be retried ("retrying"),
+        met its failure mode ("given_up", "blocked", "dead_lettered") or was aborted by an
+        operator while the attempt ran ("aborted"). If it raises, the
         exception is logged and appended to the job's recorded error; scheduling goes on.
         """
 

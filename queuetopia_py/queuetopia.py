@@ -251,11 +251,7 @@ class Queuetopia:
             with self._db.transaction(connection) as conn:
                 job = self._jobs.insert(conn, new)
 
-            def committed(_conn: Connection) -> None:
-                self._emit(EventKind.JOB_CREATED, job)
-                self._wake_after_commit()
-
-            event.listen(connection, "commit", committed, once=True)
+            event.listen(connection, "commit", lambda _conn: self._after_commit(job), once=True)
             return job
 
         def insert() -> Job:
@@ -535,13 +531,25 @@ class Queuetopia:
         if scheduler is not None:
             scheduler.wake()
 
-    def _wake_after_commit(self) -> None:
+    def _after_commit(self, job: Job) -> None:
         # SQLAlchemy's "commit" event fires just *before* the database commits, so a
-        # poll woken now may not see the job yet: wake again shortly after.
-        for delay in _AFTER_COMMIT_WAKES:
-            timer = threading.Timer(delay, self._wake)
-            timer.daemon = True
-            timer.start()
+        # poll woken now may not see the job yet: wake again shortly after, and announce
+        # the job once it can be read (never, if the commit failed).
+        def follow() -> None:
+            started = time.monotonic()
+            announced = False
+            for delay in _AFTER_COMMIT_WAKES:
+                time.sleep(max(0.0, started + delay - time.monotonic()))
+                self._wake()
+                if not announced:
+                    try:
+                        announced = self._jobs.get(job.id) is not None
+                    except Exception:
+                        logger.debug("could not read job %d after commit", job.id, exc_info=True)
+                    if announced:
+                        self._emit(EventKind.JOB_CREATED, job)
+
+        threading.Thread(target=follow, name="queuetopia-after-commit", daemon=True).start()
 
     def __enter__(self) -> Queuetopia:
         self.start()

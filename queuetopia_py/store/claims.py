@@ -78,7 +78,7 @@ def interrupted_error(job: Job) -> str:
     note = (
         f"attempt {job.attempts} (started by {job.attempted_by} at "
         f"{job.attempted_at.isoformat() if job.attempted_at else '?'}) was interrupted before "
-        "its result was recorded; no attempt left: given up"
+        "its result was recorded; no attempt left"
     )
     return f"{job.error}\n\n{note}" if job.error else note
 

@@ -186,7 +186,9 @@ class ControlStore:
                     job,
                     f"job {job.id} was {moved or 'moved to a dead-letter queue'}: retry that job",
                 )
-            if job.pending and in_progress(conn, self.db, job, now):
+            # Also for a job aborted while its attempt runs: that attempt's outcome is
+            # still to be recorded, and would count against the new round.
+            if in_progress(conn, self.db, job, now):
                 raise JobInProgressError(
                     job,
                     f"job {job.id} is in progress (attempt {job.attempts} on "

@@ -86,7 +86,8 @@ class Inspection:
             r.queue: Lock(r.queue, r.locked_by_node, r.locked_at, r.locked_until, r.job_id)
             for r in lock_rows
         }
-        tallies = {q: (int(p or 0), int(f or 0)) for q, p, f in counts}
+        # Queues whose jobs were all cancelled have nothing to show.
+        tallies = {q: (int(p or 0), int(f or 0)) for q, p, f in counts if p or f}
         names = set(tallies) | set(by_queue_locks) | set(own)
         result: list[QueueStatus] = []
         nodes: dict[str, list[RunningAttempt]] = {}

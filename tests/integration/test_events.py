@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -130,3 +131,20 @@ def test_the_library_logs_each_event_with_structured_fields(
     assert given_up.error.startswith("ZeroDivisionError")
     assert records["attempt_failed"].levelno == logging.WARNING
     assert isinstance(records["attempt_failed"].duration, float)
+
+
+def test_a_job_created_in_the_callers_transaction_is_announced_only_once_committed(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue()
+    created: list[Event] = []
+    queue.subscribe(created.append, kinds=[EventKind.JOB_CREATED])
+    with queue.engine.connect() as conn:
+        kept = queue.create_job("q", "a", {"i": 1}, connection=conn)
+        conn.commit()
+        queue.create_job("q", "a", {"i": 2}, connection=conn)
+        conn.rollback()
+    wait_until(lambda: len(created) == 1, 10, "committed job announced")
+    # Proving a non-event: the announcer stops looking 2 s after the commit.
+    time.sleep(2.5)
+    assert [e.job_id for e in created] == [kept.id]

@@ -202,6 +202,8 @@ def test_abort_during_a_running_attempt_takes_effect_when_it_ends(
     queue.abort_job(head.id)
     # The queue stays exclusive: the next job does not start while the attempt runs.
     assert queue.status().queue("q").running is not None
+    with pytest.raises(JobInProgressError):  # its outcome would count in a new round
+        queue.retry_job(head.id)
     release.set()
     recorder.wait(lambda r: len(r.finished) == 2)
     stored = queue.get_job(head.id)
