@@ -48,10 +48,11 @@ class AttemptRunner:
             )
         )
 
-    def run(self, claim: Claim, started: float, unready: Outcome | None = None) -> Outcome:
-        """Run and record the attempt `claim` holds. `started` (monotonic) was taken
-        before the claim, so the attempt's deadline falls before the lock's expiry.
-        `unready` is the failure to record instead of running (executor not ready)."""
+    def run(self, claim: Claim, unready: Outcome | None = None) -> Outcome:
+        """Run and record the attempt `claim` holds. Its deadline counts from
+        `claim.started`, taken before the database's time was read for the lock, so it
+        falls before the lock's expiry. `unready` is the failure to record instead of
+        running (executor not ready)."""
         job = claim.job
         self.emit(EventKind.ATTEMPT_STARTED, job, attempt=job.attempts)
         began = time.monotonic()
@@ -61,7 +62,7 @@ class AttemptRunner:
             try:
                 outcome = self.executor.run(
                     job,
-                    started + job.timeout.total_seconds(),
+                    claim.started + job.timeout.total_seconds(),
                     lambda message, fraction: self.claims.set_progress(job, message, fraction),
                 )
             except Exception as exc:  # the executor itself failed

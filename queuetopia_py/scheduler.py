@@ -252,7 +252,6 @@ class Scheduler:
                 unready = self._prepare()
                 if self.state is not RunState.RUNNING:
                     break
-                started = time.monotonic()
                 claim = self.claims.claim(queue)
                 if isinstance(claim, Interrupted):
                     self.attempts.interrupted(claim)
@@ -267,7 +266,7 @@ class Scheduler:
                         self._not_due[queue] = time.monotonic() + wait
                     queue = self._next_queue(queue, more=False)
                 elif isinstance(claim, Claim):
-                    self._attempt(claim, started, unready)
+                    self._attempt(claim, unready)
                     queue = self._next_queue(queue, more=True)
                 else:  # empty, or claimed by another node
                     queue = self._next_queue(queue, more=False)
@@ -298,8 +297,8 @@ class Scheduler:
             return Outcome(describe_exception(exc))
         return None
 
-    def _attempt(self, claim: Claim, started: float, unready: Outcome | None = None) -> None:
-        outcome = self.attempts.run(claim, started, unready)
+    def _attempt(self, claim: Claim, unready: Outcome | None = None) -> None:
+        outcome = self.attempts.run(claim, unready)
         if outcome.wait_stopped is not None:
             self._hold_until_stopped(claim, outcome.wait_stopped)
 

@@ -11,7 +11,6 @@ scope's due jobs synchronously, without starting the scheduler.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from queuetopia_py.attempts import AttemptRunner
@@ -135,7 +134,7 @@ def drain(
                     continue
                 if not isinstance(claim, Claim):
                     break
-                runner.run(claim, time.monotonic())
+                runner.run(claim)
                 after = instance.get_job(claim.job.id)
                 attempted.append(after if after is not None else claim.job)
                 progressed = True

@@ -9,6 +9,7 @@ expired and was taken over can write nothing over the new holder's work.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -38,6 +39,9 @@ class Claim:
     job: Job
     token: str
     locked_until: datetime
+    #: This process's monotonic clock just before the claim read the database's time:
+    #: an attempt given `timeout` from here ends before the lock expires.
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,10 @@ class ClaimStore:
                     .scalar_subquery()
                 )
                 with self.db.transaction() as conn:
+                    # Taken after any wait for SQLite's write lock (BEGIN IMMEDIATE runs
+                    # when the transaction begins) and before the database's time is
+                    # read: time spent waiting to claim does not eat into the attempt.
+                    started = time.monotonic()
                     # Lock the head row, skipping it if a concurrent claimer holds it
                     # (PostgreSQL, MariaDB 10.6+): never wait for, never pass, the head.
                     row = conn.execute(
@@ -274,7 +282,7 @@ class ClaimStore:
                         next_attempt_at=retry_at,
                         progress=None,
                     )
-                    return Claim(claimed, token, until)
+                    return Claim(claimed, token, until, started)
             except _LockTaken:
                 return Busy()
             except DatabaseError as exc:

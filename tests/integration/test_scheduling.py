@@ -386,3 +386,26 @@ def test_a_blocked_queue_is_left_aside_until_its_head_is_due(make_queue: Callabl
     recorder.wait(lambda r: len([j for j in r.finished if j.queue != "blocked"]) == 20)
     assert seen.count("blocked") <= 1
     assert recorder.order("blocked") == [None]
+
+
+def test_time_spent_waiting_to_claim_does_not_count_against_the_attempt(
+    make_queue: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim delayed past the job's timeout (a busy database: SQLite's write lock,
+    a slow connection) must not make a quick attempt count as timed out."""
+    from queuetopia_py.store.claims import ClaimStore
+
+    original = ClaimStore.claim
+
+    def slow_claim(self: ClaimStore, queue: str) -> object:
+        time.sleep(1.5)  # stands for a wait before the claim's transaction begins
+        return original(self, queue)
+
+    monkeypatch.setattr(ClaimStore, "claim", slow_claim)
+    recorder = Recorder(lambda job: time.sleep(0.05))
+    queue = make_queue(performer=recorder)
+    job = queue.create_job("q", "a", {}, timeout=1.0)
+    queue.start()
+    wait_until(lambda: not queue.get_job(job.id).pending, 30, "job recorded")
+    stored = queue.get_job(job.id)
+    assert stored.done and stored.attempts == 1 and stored.error is None
