@@ -29,7 +29,7 @@ from queuetopia_py.job import (
 )
 from queuetopia_py.schema import WHOLE_SCOPE
 from queuetopia_py.store.database import Database, is_rolled_back_conflict
-from queuetopia_py.store.jobs import JobStore, append_intervention, pending, row_to_job
+from queuetopia_py.store.jobs import JobStore, append_intervention, pending, queue_order, row_to_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +205,7 @@ class ClaimStore:
                         pending(head),
                         ~self._suspended(head),
                     )
-                    .order_by(head.c.scheduled_at, head.c.id)
+                    .order_by(*queue_order(head))
                     .limit(1)
                     .scalar_subquery()
                 )

@@ -13,7 +13,7 @@ from queuetopia_py.job import OUTCOMES
 from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status
 from queuetopia_py.store.control import row_to_suspension
 from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import pending, row_to_job
+from queuetopia_py.store.jobs import pending, queue_order, row_to_job
 
 _FAILED = [o for o in OUTCOMES if o != "cancelled"]
 
@@ -50,16 +50,16 @@ class Inspection:
             head_id = (
                 sa.select(head.c.id)
                 .where(head.c.scope == self.scope, head.c.queue == queues.c.queue, pending(head))
-                .order_by(head.c.scheduled_at, head.c.id)
+                .order_by(*queue_order(head))
                 .limit(1)
                 .scalar_subquery()
             )
+            # A join, not `id IN (...)`: MariaDB would scan the whole table for the IN.
+            head_ids = sa.select(head_id.label("head_id")).select_from(queues).subquery("heads")
             heads = [
                 row_to_job(r)
                 for r in conn.execute(
-                    sa.select(jobs).where(
-                        jobs.c.id.in_(sa.select(head_id.label("head_id")).select_from(queues))
-                    )
+                    sa.select(jobs).join(head_ids, jobs.c.id == head_ids.c.head_id)
                 )
             ]
             lock_rows = conn.execute(
@@ -71,9 +71,12 @@ class Inspection:
                 for job in (
                     row_to_job(r)
                     for r in conn.execute(
-                        sa.select(jobs).where(jobs.c.id.in_(running_ids), jobs.c.done_at.is_(None))
+                        # By id alone: with `done_at IS NULL` too, SQLite would pick
+                        # the due index and read every pending job.
+                        sa.select(jobs).where(jobs.c.id.in_(running_ids))
                     )
                 )
+                if not job.done
             }
             suspensions = [
                 row_to_suspension(r)

@@ -56,6 +56,13 @@ def pending(jobs: sa.FromClause) -> sa.ColumnElement[bool]:
     return sa.and_(jobs.c.done_at.is_(None), jobs.c.outcome.is_(None))
 
 
+def queue_order(jobs: sa.FromClause) -> list[sa.ColumnElement[Any]]:
+    """Queue order among pending jobs, spelled to match the queue-order index: its
+    `done_at, outcome` columns are NULL for every pending job, but PostgreSQL walks the
+    index in order (and stops at the head) only when the ORDER BY names them."""
+    return [jobs.c.done_at, jobs.c.outcome, jobs.c.scheduled_at, jobs.c.id]
+
+
 def in_state(jobs: sa.FromClause, state: str) -> sa.ColumnElement[bool]:
     """Jobs listed under `state` (one of `LISTED_STATES`)."""
     if state == "pending":

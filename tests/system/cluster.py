@@ -90,6 +90,10 @@ class Cluster:
             "--exit-with",
             str(os.getpid()),
         ]
+        return self.spawn(command, stderr_path, executor)
+
+    def spawn(self, command: list[str], stderr_path: Path, executor: str) -> Node:
+        """Start a node process running `command`, its output going to `stderr_path`."""
         with stderr_path.open("wb") as stderr:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, cwd=HERE

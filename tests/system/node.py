@@ -56,6 +56,26 @@ class SystemQueue(Queuetopia, performer=HistoryPerformer):
     """The scope the system tests run; repo, scope and the rest come from the arguments."""
 
 
+def setup_node_process(log: str) -> threading.Event:
+    """Log warnings to stderr, tell the performer where the history is, and return an
+    event set by SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"%(asctime)s node {os.getpid()} %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ[LOG_ENV] = log
+    os.environ[NODE_ENV] = str(os.getpid())
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stopping
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True)
@@ -70,21 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=sys.stderr,
-        format=f"%(asctime)s node {os.getpid()} %(levelname)s %(name)s: %(message)s",
-    )
-    os.environ[LOG_ENV] = args.log
-    os.environ[NODE_ENV] = str(os.getpid())
-
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopping = setup_node_process(args.log)
 
     queue = SystemQueue(
         repo=args.repo,
