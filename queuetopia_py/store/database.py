@@ -263,6 +263,11 @@ def check_schema(db: Database) -> None:
             version = current_version(conn, db.tables.prefix)
     except DBAPIError as exc:
         raise translate(exc) from exc
+    if version > LATEST:
+        raise DatabaseError(
+            f"the queuetopia tables are at schema version {version}, newer than this "
+            f"version of queuetopia_py knows ({LATEST}): upgrade queuetopia_py on this node"
+        )
     if version < LATEST:
         raise SchemaMissingError(
             f"the queuetopia tables are at schema version {version}, this version needs "

@@ -86,3 +86,19 @@ def test_a_custom_table_prefix_keeps_its_own_tables(db_url: str) -> None:
     assert queue.get_job(job.id) == job
     with pytest.raises(SchemaMissingError):
         Queuetopia(repo=db_url).create_job("q", "a", {})
+
+
+def test_a_node_refuses_to_start_on_tables_newer_than_it_knows(url: str) -> None:
+    import sqlalchemy as sa
+
+    from queuetopia_py import DatabaseError
+    from queuetopia_py.migrations import LATEST
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE queuetopia_schema_version SET version = {LATEST + 1}"))
+    engine.dispose()
+    queue = Queuetopia(repo=url, performer=Performer)
+    with pytest.raises(DatabaseError, match="newer than this version"):
+        queue.start()
+    assert not queue.running
