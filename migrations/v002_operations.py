@@ -24,7 +24,8 @@ def upgrade(op: Operations, prefix: str) -> None:
     # Jobs given up under version 1 (not done, no next attempt) get their outcome.
     op.execute(
         sa.text(
-            f"UPDATE {jobs} SET outcome = 'given_up'"
+            f"UPDATE {jobs} SET outcome = 'given_up',"
+            " ended_at = COALESCE(attempted_at, inserted_at)"
             " WHERE done_at IS NULL AND next_attempt_at IS NULL"
         )
     )

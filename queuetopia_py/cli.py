@@ -13,7 +13,7 @@ Operating the queues of a database (`--repo URL` or QUEUETOPIA_REPO, `--json` fo
     $ queuetopia jobs show 42
     $ queuetopia suspend [QUEUE] --scope S          # resume [QUEUE] --scope S
     $ queuetopia cancel 42 | abort 42 | retry 42 [--reason R] [--by B]
-    $ queuetopia cleanup --scope S [--older-than SECONDS]
+    $ queuetopia cleanup --scope S [--older-than SECONDS] [--include-ended]
 
 Every option can also be given as an environment variable named after the command and
 the option, e.g. `QUEUETOPIA_WORKER_REPO` for `queuetopia worker --repo`; the operations
@@ -808,28 +808,50 @@ def retry_command(
         f"(default: {defaults.JOB_RETENTION.total_seconds():.0f}, the job_retention default)."
     ),
 )
+@click.option(
+    "--include-ended",
+    is_flag=True,
+    default=False,
+    help="Also delete jobs that ended without success (given up, cancelled, aborted, "
+    "dead-lettered) that long ago.",
+)
 @ops_options
 def cleanup_command(
-    scope: str, older_than: float | None, repo: str, prefix: str, as_json: bool
+    scope: str,
+    older_than: float | None,
+    include_ended: bool,
+    repo: str,
+    prefix: str,
+    as_json: bool,
 ) -> None:
     """Delete a scope's done jobs; print how many.
 
-    Runs `cleanup_jobs`: deletes the jobs of the scope done longer ago than --older-than.
+    Runs `cleanup_jobs`: deletes the jobs of the scope done longer ago than --older-than
+    (with --include-ended, also those that ended without success that long ago).
     """
     with open_tables(repo, prefix) as tables:
         instance = tables.scope(scope)
         if older_than is None:
-            deleted = instance.cleanup_jobs()
+            deleted = instance.cleanup_jobs(include_ended=include_ended)
             retention = instance.options.job_retention
         else:
-            deleted = instance.cleanup_jobs(older_than)  # refuses NaN and huge values
+            # cleanup_jobs refuses NaN and huge values
+            deleted = instance.cleanup_jobs(older_than, include_ended=include_ended)
             retention = timedelta(seconds=older_than)
     if as_json:
-        echo_json({"scope": scope, "deleted": deleted, "older_than": retention})
+        echo_json(
+            {
+                "scope": scope,
+                "deleted": deleted,
+                "older_than": retention,
+                "include_ended": include_ended,
+            }
+        )
     else:
         noun = "job" if deleted == 1 else "jobs"
+        which = "done or ended" if include_ended else "done"
         click.echo(
-            f"deleted {deleted} {noun} of scope {scope} done more than "
+            f"deleted {deleted} {noun} of scope {scope} {which} more than "
             f"{fmt_duration(retention)} ago"
         )
 

@@ -144,6 +144,7 @@ class Job:
     error: str | None
     inserted_at: datetime
     outcome: str | None = None
+    ended_at: datetime | None = None
     on_failure: str = GIVE_UP
     round_start: int = 0
     failing_since: datetime | None = None

@@ -317,15 +317,19 @@ class Queuetopia:
         total = self._jobs.count(queue=queue, action=action, available=available, state=state)
         return Page(items=items, total=total, page_number=page_number, page_size=page_size)
 
-    def cleanup_jobs(self, older_than: Duration | None = None) -> int:
-        """Delete this scope's jobs completed longer than `older_than` ago (default:
-        the `job_retention` option). Returns how many were deleted."""
+    def cleanup_jobs(
+        self, older_than: Duration | None = None, *, include_ended: bool = False
+    ) -> int:
+        """Delete this scope's jobs done longer than `older_than` ago (default: the
+        `job_retention` option). With `include_ended`, also those that ended without
+        success (given up, cancelled, aborted, moved) that long ago. Returns how many
+        were deleted."""
         retention = (
             self.options.job_retention
             if older_than is None
             else to_timedelta("older_than", older_than, allow_zero=True)
         )
-        deleted = self._jobs.delete_completed(retention)
+        deleted = self._jobs.delete_completed(retention, include_ended=include_ended)
         if deleted:
             logger.info("deleted %d completed jobs", deleted, extra={"scope": self.scope})
         return deleted

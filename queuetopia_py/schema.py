@@ -108,6 +108,8 @@ def ops_columns() -> list[Column[Any]]:
     return [
         # None while pending or done; how the job ended otherwise (see job.OUTCOMES).
         Column("outcome", String(16), nullable=True),
+        # When it ended without success (set with `outcome`), for the cleaner.
+        Column("ended_at", UtcDateTime(), nullable=True),
         Column("on_failure", String(defaults.MAX_NAME_LENGTH + 16), nullable=True),
         Column("round_start", Integer(), nullable=False, server_default="0"),
         Column("failing_since", UtcDateTime(), nullable=True),

@@ -319,12 +319,12 @@ class ClaimStore:
                 updated = conn.execute(
                     self.jobs.update()
                     .where(self._attempt_of(claim))
-                    .values(done_at=now, outcome=None, result=result)
+                    .values(done_at=now, outcome=None, ended_at=None, result=result)
                 ).rowcount
                 self._release(conn, claim)
             if updated != 1:
                 return None
-            return replace(claim.job, done_at=now, outcome=None, result=result)
+            return replace(claim.job, done_at=now, outcome=None, ended_at=None, result=result)
 
         return self.db.retrying(run)
 
@@ -390,6 +390,7 @@ class ClaimStore:
             pass  # stays the head, pending with no next attempt, until an operator acts
         elif target is None:
             values["outcome"] = "given_up"
+            values["ended_at"] = now
         else:
             last = error.strip().splitlines()[-1] if error.strip() else ""
             moved = JobStore(self.db, self.scope).insert(
@@ -412,13 +413,20 @@ class ClaimStore:
             )
             moved = append_intervention(conn, jobs, moved, origin)
             values["outcome"] = "dead_lettered"
+            values["ended_at"] = now
             note = Intervention(
                 "dead_letter", self.node, now, f"moved to queue {target!r} as job {moved.id}"
             )
             job = append_intervention(conn, jobs, job, note)
         conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
         return Recorded(
-            replace(job, error=error, next_attempt_at=None, outcome=values.get("outcome")),
+            replace(
+                job,
+                error=error,
+                next_attempt_at=None,
+                outcome=values.get("outcome"),
+                ended_at=values.get("ended_at"),
+            ),
             moved,
         )
 

@@ -156,7 +156,7 @@ class ControlStore:
                     f"job {job.id} is in progress (attempt {job.attempts} on "
                     f"{job.attempted_by}): it cannot be cancelled; abort it instead",
                 )
-            return {"outcome": "cancelled", "next_attempt_at": None}
+            return {"outcome": "cancelled", "ended_at": now, "next_attempt_at": None}
 
         return self._act(job_id, decide, lambda now: Intervention("cancel", by, now, reason))
 
@@ -166,7 +166,7 @@ class ControlStore:
 
         def decide(conn: sa.Connection, job: Job, now: datetime) -> dict[str, Any]:
             self._ended(job, "abort")
-            return {"outcome": "aborted", "next_attempt_at": None}
+            return {"outcome": "aborted", "ended_at": now, "next_attempt_at": None}
 
         return self._act(job_id, decide, lambda now: Intervention("abort", by, now, reason))
 
@@ -198,6 +198,7 @@ class ControlStore:
                 return {"next_attempt_at": now}  # a waiting head: its round goes on
             return {
                 "outcome": None,
+                "ended_at": None,
                 "next_attempt_at": now,
                 "round_start": job.attempts,
                 "failing_since": None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ def row_to_job(row: Row[Any]) -> Job:
         error=m["error"],
         inserted_at=m["inserted_at"],
         outcome=m["outcome"],
+        ended_at=m["ended_at"],
         on_failure=m["on_failure"] or GIVE_UP,
         round_start=m["round_start"],
         failing_since=m["failing_since"],
@@ -171,22 +173,29 @@ class JobStore:
         with self.db.transaction() as conn:
             return int(conn.execute(stmt).scalar_one())
 
-    def delete_completed(self, older_than: timedelta, batch_size: int = 1000) -> int:
-        """Delete this scope's jobs completed more than `older_than` ago, in small batches."""
+    def delete_completed(
+        self, older_than: timedelta, *, include_ended: bool = False, batch_size: int = 1000
+    ) -> int:
+        """Delete this scope's jobs done more than `older_than` ago (and, with
+        `include_ended`, those that ended without success that long ago), in small
+        batches."""
         jobs = self.jobs
+        done = [jobs.c.done_at.is_not(None), jobs.c.done_at < sa.bindparam("cutoff")]
+        ended = [
+            jobs.c.done_at.is_(None),
+            jobs.c.outcome.is_not(None),
+            jobs.c.ended_at < sa.bindparam("cutoff"),
+        ]
 
-        def batch() -> int:
+        def batch(conditions: list[sa.ColumnElement[bool]]) -> int:
             with self.db.transaction() as conn:
                 cutoff = conn.execute(sa.select(self.db.now())).scalar_one() - older_than
                 ids: Sequence[int] = (
                     conn.execute(
                         sa.select(jobs.c.id)
-                        .where(
-                            jobs.c.scope == self.scope,
-                            jobs.c.done_at.is_not(None),
-                            jobs.c.done_at < cutoff,
-                        )
-                        .limit(batch_size)
+                        .where(jobs.c.scope == self.scope, *conditions)
+                        .limit(batch_size),
+                        {"cutoff": cutoff},
                     )
                     .scalars()
                     .all()
@@ -196,12 +205,14 @@ class JobStore:
             return len(ids)
 
         deleted = 0
-        while True:
-            # Deleting done jobs is idempotent: every transient failure may be retried.
-            count = self.db.retrying(batch)
-            deleted += count
-            if count < batch_size:
-                return deleted
+        for conditions in [done, ended] if include_ended else [done]:
+            while True:
+                # Deleting ended jobs is idempotent: every transient failure may be retried.
+                count = self.db.retrying(functools.partial(batch, conditions))
+                deleted += count
+                if count < batch_size:
+                    break
+        return deleted
 
 
 def append_intervention(conn: Connection, jobs: sa.Table, job: Job, entry: Intervention) -> Job:

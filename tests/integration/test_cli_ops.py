@@ -427,12 +427,23 @@ def test_actions_that_do_not_apply_to_the_state_say_why(shop: Shop) -> None:
 def test_cleanup_deletes_completed_jobs_and_says_how_many(shop: Shop) -> None:
     kept = run(shop.url, "cleanup", "--scope", SCOPE, "--json")
     assert_ok(kept)
-    assert json.loads(kept.stdout) == {"scope": SCOPE, "deleted": 0, "older_than": 604800.0}
+    assert json.loads(kept.stdout) == {
+        "scope": SCOPE,
+        "deleted": 0,
+        "older_than": 604800.0,
+        "include_ended": False,
+    }
     deleted = run(shop.url, "cleanup", "--scope", SCOPE, "--older-than", "0")
     assert_ok(deleted)
     assert deleted.stdout.startswith("deleted 1 job of scope cli-ops")
     assert shop.client.get_job(shop.sent.id) is None
     assert shop.client.get_job(shop.head.id) is not None
+    shop.client.cancel_job(shop.behind.id)
+    ended = run(shop.url, "cleanup", "--scope", SCOPE, "--older-than", "0", "--include-ended")
+    assert_ok(ended)
+    assert ended.stdout.startswith("deleted 1 job of scope cli-ops done or ended")
+    assert shop.client.get_job(shop.behind.id) is None
+    assert shop.client.get_job(shop.head.id) is not None  # pending: never deleted
 
 
 def test_the_repo_comes_from_queuetopia_repo(shop: Shop) -> None:

@@ -376,3 +376,22 @@ def test_list_jobs_filters_by_state(make_queue: Callable) -> None:
     assert page.total == 1 and page.items[0].queue == "q1"
     with pytest.raises(ValueError, match="state"):
         queue.list_jobs(state="bogus")
+
+
+def test_cleanup_deletes_ended_jobs_only_when_asked(make_queue: Callable) -> None:
+    queue = make_queue(performer=Recorder(failing))
+    given_up = queue.create_job("q1", "a", {}, max_attempts=1)
+    cancelled = queue.create_job("q2", "a", {})
+    queue.cancel_job(cancelled.id)
+    blocked = queue.create_job("q3", "a", {}, max_attempts=1, on_failure="block")
+    again = queue.create_job("q4", "a", {}, max_attempts=1)
+    drain(queue)
+    assert queue.get_job(given_up.id).ended_at is not None
+    assert queue.get_job(blocked.id).ended_at is None  # still pending
+    assert queue.cleanup_jobs(0) == 0  # only done jobs by default
+    assert queue.cleanup_jobs(3600, include_ended=True) == 0  # not that old
+    assert queue.get_job(again.id).ended_at is not None
+    assert queue.retry_job(again.id).ended_at is None  # pending again: never deleted
+    assert queue.cleanup_jobs(0, include_ended=True) == 2
+    assert queue.get_job(given_up.id) is None and queue.get_job(cancelled.id) is None
+    assert queue.get_job(blocked.id) is not None and queue.get_job(again.id) is not None
