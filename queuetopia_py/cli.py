@@ -739,61 +739,45 @@ def _job_action_options(command: F) -> F:
     return command
 
 
-@cli.command("cancel")
-@_job_action_options
-def cancel_command(
-    job_id: int,
-    scope: str | None,
-    reason: str | None,
-    by: str | None,
-    repo: str,
-    prefix: str,
-    as_json: bool,
-) -> None:
-    """Cancel job ID: it will not run.
+_JOB_ACTION_HELP = {
+    "cancel": """Cancel job ID: it will not run.
 
     Applies to a pending job whose attempt is not running now; its queue goes on with
     the next job.
-    """
-    _job_action("cancel", job_id, scope, reason, by, repo, prefix, as_json)
-
-
-@cli.command("abort")
-@_job_action_options
-def abort_command(
-    job_id: int,
-    scope: str | None,
-    reason: str | None,
-    by: str | None,
-    repo: str,
-    prefix: str,
-    as_json: bool,
-) -> None:
-    """Abort job ID: it will not be attempted again.
+    """,
+    "abort": """Abort job ID: it will not be attempted again.
 
     Applies to a pending job, even while its attempt runs (an attempt that then
     succeeds still makes the job done); its queue goes on with the next job.
-    """
-    _job_action("abort", job_id, scope, reason, by, repo, prefix, as_json)
-
-
-@cli.command("retry")
-@_job_action_options
-def retry_command(
-    job_id: int,
-    scope: str | None,
-    reason: str | None,
-    by: str | None,
-    repo: str,
-    prefix: str,
-    as_json: bool,
-) -> None:
-    """Retry job ID now.
+    """,
+    "retry": """Retry job ID now.
 
     A head waiting for its next attempt runs at once; a job given up, aborted, cancelled
     or blocked gets a new round of attempts, back at its place in its queue.
-    """
-    _job_action("retry", job_id, scope, reason, by, repo, prefix, as_json)
+    """,
+}
+
+
+def _job_action_command(action: str) -> click.Command:
+    """The `cancel`, `abort` or `retry` command."""
+
+    @_job_action_options
+    def command(
+        job_id: int,
+        scope: str | None,
+        reason: str | None,
+        by: str | None,
+        repo: str,
+        prefix: str,
+        as_json: bool,
+    ) -> None:
+        _job_action(action, job_id, scope, reason, by, repo, prefix, as_json)
+
+    return click.command(action, help=_JOB_ACTION_HELP[action])(command)
+
+
+for _action in _JOB_ACTION_HELP:
+    cli.add_command(_job_action_command(_action))
 
 
 @cli.command("cleanup")
