@@ -1,0 +1,100 @@
+"""The scheduler's statements alone, without threads: enqueue, claim + record, poll.
+
+    python bench/hot_path.py [--backends sqlite,postgresql,mariadb] [--jobs 400] [--rounds 3]
+
+To compare two trees of queuetopia_py side by side, run it alternately with each on
+PYTHONPATH (e.g. a `git worktree` of the older commit):
+
+    for i in 1 2 3; do PYTHONPATH=/tmp/old python bench/hot_path.py; python bench/hot_path.py; done
+
+Each round uses a fresh database: it creates `--jobs` jobs in one queue, claims and
+records them one by one, then polls 100 times. Prints operations per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+import queuetopia_py
+from queuetopia_py import Queuetopia, migrate
+from queuetopia_py.store.claims import Claim, ClaimStore
+
+ADMIN = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
+}
+
+
+@contextmanager
+def fresh_database(backend: str) -> Iterator[str]:
+    """A new, empty database of `backend`; dropped afterwards."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{Path(tmp) / 'bench.db'}"
+        return
+    name = f"qt_hot_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(ADMIN[backend], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        yield sa.make_url(ADMIN[backend]).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if backend == "postgresql" else ""
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        admin.dispose()
+
+
+def one_round(backend: str, jobs: int) -> tuple[float, float, float]:
+    """Enqueues/s, claims+records/s and polls/s on a fresh database."""
+    with fresh_database(backend) as url:
+        migrate(url)
+        queue = Queuetopia(repo=url, scope="bench")
+        try:
+            started = time.perf_counter()
+            for i in range(jobs):
+                queue.create_job("q", "a", {"i": i})
+            enqueued = time.perf_counter()
+            claims = ClaimStore(queue._db, "bench", "bench-node")
+            recorded = 0
+            while isinstance(claim := claims.claim("q"), Claim):
+                claims.record_success(claim)
+                recorded += 1
+            claimed = time.perf_counter()
+            for _ in range(100):
+                claims.poll(10, set())
+            polled = time.perf_counter()
+        finally:
+            queue.stop()
+    assert recorded == jobs, f"recorded {recorded} of {jobs}"
+    return (
+        jobs / (enqueued - started),
+        recorded / (claimed - enqueued),
+        100 / (polled - claimed),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="sqlite,postgresql,mariadb")
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"queuetopia_py from {Path(queuetopia_py.__file__).parent}; best of {args.rounds}")
+    print(f"{'backend':<12}{'enqueue/s':>12}{'claim+record/s':>16}{'poll/s':>10}")
+    for backend in args.backends.split(","):
+        rounds = [one_round(backend, args.jobs) for _ in range(args.rounds)]
+        best = [max(r[i] for r in rounds) for i in range(3)]
+        print(f"{backend:<12}{best[0]:>12.0f}{best[1]:>16.0f}{best[2]:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
