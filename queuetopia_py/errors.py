@@ -21,6 +21,7 @@ class InvalidJobError(QueuetopiaError, ValueError):
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
         self.value = value
+        self.reason = reason
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."

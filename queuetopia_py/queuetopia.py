@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
@@ -38,6 +38,7 @@ from queuetopia_py.job import (
     Duration,
     FailureMode,
     Job,
+    NewJob,
     Page,
     to_max_attempts,
     to_on_failure,
@@ -63,6 +64,19 @@ _AFTER_COMMIT_WAKES = (0.0, 0.05, 0.5, 2.0)
 # `wait_for` reads the job again after this long, doubling up to the maximum.
 _WAIT_FIRST_POLL = 0.02
 _WAIT_MAX_POLL = 0.5
+# The keys an item of `create_jobs` may have: the arguments of `create_job`.
+_JOB_ITEM_KEYS = frozenset(
+    {
+        "queue",
+        "action",
+        "params",
+        "timeout",
+        "max_backoff",
+        "max_attempts",
+        "scheduled_at",
+        "on_failure",
+    }
+)
 _FAILED_ERRORS: dict[str, type[JobFailedError]] = {
     "given_up": JobGivenUpError,
     "cancelled": JobCancelledError,
@@ -251,7 +265,7 @@ class Queuetopia:
             with self._db.transaction(connection) as conn:
                 job = self._jobs.insert(conn, new)
 
-            event.listen(connection, "commit", lambda _conn: self._after_commit(job), once=True)
+            self._follow_commit(connection, [job])
             return job
 
         def insert() -> Job:
@@ -262,6 +276,75 @@ class Queuetopia:
         self._emit(EventKind.JOB_CREATED, job)
         self._wake()
         return job
+
+    def create_jobs(
+        self, jobs: Iterable[Mapping[str, Any]], *, connection: Connection | None = None
+    ) -> list[Job]:
+        """Store several jobs at once, all or none, and return them in the order given.
+
+        Each item is a mapping with the arguments of `create_job`: `queue`, `action`,
+        `params`, and optionally `timeout`, `max_backoff`, `max_attempts`,
+        `scheduled_at` and `on_failure`. Jobs of one queue keep the order given. An
+        invalid item raises `InvalidJobError` naming it (`jobs[3].params: ...`) and
+        nothing is written. With `connection`, the jobs join the caller's transaction.
+
+        >>> queue.create_jobs([{"queue": "mails", "action": "send", "params": {"to": t}}
+        ...                    for t in recipients])
+        """
+        news = [self._validate_item(index, item) for index, item in enumerate(jobs)]
+        if not news:
+            return []
+        if connection is not None:
+            with self._db.transaction(connection) as conn:
+                created = self._jobs.insert_many(conn, news)
+            self._follow_commit(connection, created)
+            return created
+
+        def insert() -> list[Job]:
+            with self._db.transaction() as conn:
+                return self._jobs.insert_many(conn, news)
+
+        created = self._db.retrying(insert, conflicts_only=True)
+        for job in created:
+            self._emit(EventKind.JOB_CREATED, job)
+        self._wake()
+        return created
+
+    def _validate_item(self, index: int, item: Mapping[str, Any]) -> NewJob:
+        where = f"jobs[{index}]"
+        if not isinstance(item, Mapping):
+            raise InvalidJobError(where, item, "must be a mapping of create_job's arguments")
+        unknown = sorted(set(item) - _JOB_ITEM_KEYS)
+        if unknown:
+            raise InvalidJobError(
+                where,
+                item,
+                f"unknown key(s) {', '.join(map(str, unknown))}; "
+                f"known: {', '.join(sorted(_JOB_ITEM_KEYS))}",
+            )
+        missing = [k for k in ("queue", "action", "params") if k not in item]
+        if missing:
+            raise InvalidJobError(where, item, f"missing {', '.join(missing)}")
+        opts = self.options
+        try:
+            return validate_new_job(
+                item["queue"],
+                item["action"],
+                item["params"],
+                timeout=opts.timeout if item.get("timeout") is None else item["timeout"],
+                max_backoff=opts.max_backoff
+                if item.get("max_backoff") is None
+                else item["max_backoff"],
+                max_attempts=opts.max_attempts
+                if item.get("max_attempts") is None
+                else item["max_attempts"],
+                scheduled_at=item.get("scheduled_at"),
+                on_failure=opts.on_failure
+                if item.get("on_failure") is None
+                else item["on_failure"],
+            )
+        except InvalidJobError as exc:
+            raise InvalidJobError(f"{where}.{exc.field}", exc.value, exc.reason) from None
 
     def get_job(self, job_id: int) -> Job | None:
         """The job with this id, if it exists in this scope."""
@@ -535,10 +618,27 @@ class Queuetopia:
         if scheduler is not None:
             scheduler.wake()
 
-    def _after_commit(self, job: Job) -> None:
+    def _follow_commit(self, connection: Connection, jobs: list[Job]) -> None:
+        """Once the caller's transaction commits, wake the scheduler and announce `jobs`;
+        if it rolls back, forget them."""
+        live = [True]
+
+        def committed(_conn: Connection) -> None:
+            if live[0]:
+                live[0] = False
+                self._after_commit(jobs)
+
+        def rolled_back(_conn: Connection) -> None:
+            live[0] = False
+
+        event.listen(connection, "commit", committed, once=True)
+        event.listen(connection, "rollback", rolled_back, once=True)
+
+    def _after_commit(self, jobs: list[Job]) -> None:
         # SQLAlchemy's "commit" event fires just *before* the database commits, so a
-        # poll woken now may not see the job yet: wake again shortly after, and announce
-        # the job once it can be read (never, if the commit failed).
+        # poll woken now may not see the jobs yet: wake again shortly after, and announce
+        # the jobs once they can be read (never, if the commit failed). They were written
+        # in one transaction: when one can be read, all can.
         def follow() -> None:
             started = time.monotonic()
             announced = False
@@ -547,11 +647,12 @@ class Queuetopia:
                 self._wake()
                 if not announced:
                     try:
-                        announced = self._jobs.get(job.id) is not None
+                        announced = self._jobs.get(jobs[-1].id) is not None
                     except Exception:
-                        logger.debug("could not read job %d after commit", job.id, exc_info=True)
+                        logger.debug("could not read jobs after commit", exc_info=True)
                     if announced:
-                        self._emit(EventKind.JOB_CREATED, job)
+                        for job in jobs:
+                            self._emit(EventKind.JOB_CREATED, job)
 
         threading.Thread(target=follow, name="queuetopia-after-commit", daemon=True).start()
 

@@ -112,6 +112,46 @@ class JobStore:
         (job_id,) = conn.execute(stmt).inserted_primary_key or (None,)
         return row_to_job(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one())
 
+    def insert_many(self, conn: Connection, news: Sequence[NewJob]) -> list[Job]:
+        """Insert jobs in one statement where the database can return the rows in the
+        order given (their ids, so their order in a queue, follow it); one by one else."""
+        jobs = self.jobs
+        dialect = conn.dialect
+        if not (
+            dialect.insert_executemany_returning
+            and dialect.insert_executemany_returning_sort_by_parameter_order
+        ):
+            return [self.insert(conn, new) for new in news]
+        now = self.db.now()
+        scheduled = sa.func.coalesce(
+            sa.bindparam("given_scheduled_at", type_=jobs.c.scheduled_at.type), now
+        )
+        stmt = (
+            jobs.insert()
+            .values(
+                scope=self.scope,
+                attempts=0,
+                scheduled_at=scheduled,
+                next_attempt_at=scheduled,
+                inserted_at=now,
+            )
+            .returning(*jobs.c, sort_by_parameter_order=True)
+        )
+        rows = [
+            {
+                "queue": new.queue,
+                "action": new.action,
+                "params": new.params,
+                "timeout_us": _us(new.timeout),
+                "max_backoff_us": _us(new.max_backoff),
+                "max_attempts": new.max_attempts,
+                "on_failure": new.on_failure,
+                "given_scheduled_at": new.scheduled_at,
+            }
+            for new in news
+        ]
+        return [row_to_job(r) for r in conn.execute(stmt, rows)]
+
     def _select(self) -> sa.Select[Any]:
         return sa.select(self.jobs).where(self.jobs.c.scope == self.scope)
 
