@@ -8,7 +8,8 @@ PYTHONPATH (e.g. a `git worktree` of the older commit):
     for i in 1 2 3; do PYTHONPATH=/tmp/old python bench/hot_path.py; python bench/hot_path.py; done
 
 Each round uses a fresh database: it creates `--jobs` jobs in one queue, claims and
-records them one by one, then polls 100 times. Prints operations per second.
+records them one by one, polls 100 times, then creates ten times `--jobs` jobs with one
+`create_jobs` call. Prints operations per second.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def fresh_database(backend: str) -> Iterator[str]:
         admin.dispose()
 
 
-def one_round(backend: str, jobs: int) -> tuple[float, float, float]:
-    """Enqueues/s, claims+records/s and polls/s on a fresh database."""
+def one_round(backend: str, jobs: int) -> tuple[float, float, float, float]:
+    """Enqueues/s (one by one, then in bulk), claims+records/s and polls/s on a fresh
+    database."""
     with fresh_database(backend) as url:
         migrate(url)
         queue = Queuetopia(repo=url, scope="bench")
@@ -72,6 +74,11 @@ def one_round(backend: str, jobs: int) -> tuple[float, float, float]:
             for _ in range(100):
                 claims.poll(10, set())
             polled = time.perf_counter()
+            bulk_jobs = [
+                {"queue": "bulk", "action": "a", "params": {"i": i}} for i in range(jobs * 10)
+            ]
+            queue.create_jobs(bulk_jobs)
+            bulked = time.perf_counter()
         finally:
             queue.stop()
     assert recorded == jobs, f"recorded {recorded} of {jobs}"
@@ -79,6 +86,7 @@ def one_round(backend: str, jobs: int) -> tuple[float, float, float]:
         jobs / (enqueued - started),
         recorded / (claimed - enqueued),
         100 / (polled - claimed),
+        len(bulk_jobs) / (bulked - polled),
     )
 
 
@@ -89,11 +97,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"queuetopia_py from {Path(queuetopia_py.__file__).parent}; best of {args.rounds}")
-    print(f"{'backend':<12}{'enqueue/s':>12}{'claim+record/s':>16}{'poll/s':>10}")
+    print(
+        f"{'backend':<12}{'enqueue/s':>12}{'claim+record/s':>16}{'poll/s':>10}{'create_jobs/s':>15}"
+    )
     for backend in args.backends.split(","):
         rounds = [one_round(backend, args.jobs) for _ in range(args.rounds)]
-        best = [max(r[i] for r in rounds) for i in range(3)]
-        print(f"{backend:<12}{best[0]:>12.0f}{best[1]:>16.0f}{best[2]:>10.0f}")
+        best = [max(r[i] for r in rounds) for i in range(4)]
+        print(f"{backend:<12}{best[0]:>12.0f}{best[1]:>16.0f}{best[2]:>10.0f}{best[3]:>15.0f}")
 
 
 if __name__ == "__main__":
