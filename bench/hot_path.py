@@ -17,47 +17,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
+from benchdb import fresh_database
 
 import queuetopia_py
 from queuetopia_py import Queuetopia, migrate
 from queuetopia_py.store.claims import Claim, ClaimStore
 
-ADMIN = {
-    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
-}
-
-
-@contextmanager
-def fresh_database(backend: str) -> Iterator[str]:
-    """A new, empty database of `backend`; dropped afterwards."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            yield f"sqlite:///{Path(tmp) / 'bench.db'}"
-        return
-    name = f"qt_hot_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(ADMIN[backend], isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        yield sa.make_url(ADMIN[backend]).set(database=name).render_as_string(False)
-    finally:
-        with admin.connect() as conn:
-            force = " WITH (FORCE)" if backend == "postgresql" else ""
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        admin.dispose()
-
 
 def one_round(backend: str, jobs: int) -> tuple[float, float, float, float]:
     """Enqueues/s (one by one, then in bulk), claims+records/s and polls/s on a fresh
     database."""
-    with fresh_database(backend) as url:
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(backend, Path(tmp)) as url:
         migrate(url)
         queue = Queuetopia(repo=url, scope="bench")
         try:

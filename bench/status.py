@@ -41,24 +41,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from benchdb import fresh_database
 from sqlalchemy import event
 
 from queuetopia_py import Queuetopia, migrate
 from queuetopia_py.schema import Tables, build_tables
 from queuetopia_py.store.database import create_engine
 
-ADMIN = {
-    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
-}
 SCOPE = "bench"
 OTHER_SCOPES = ("billing", "reports")
 FAILED = 1_000  # jobs of SCOPE ended without success
@@ -74,30 +70,6 @@ STATEMENT_RUNS = 10  # runs of each status statement alone
 
 
 # -- databases -------------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
-    """An empty database of `backend`; dropped afterwards."""
-    if backend == "sqlite":
-        path = tmp / f"{uuid.uuid4().hex}.db"
-        try:
-            yield f"sqlite:///{path}"
-        finally:
-            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                leftover.unlink(missing_ok=True)
-        return
-    name = f"qt_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(ADMIN[backend], isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        yield sa.make_url(ADMIN[backend]).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            force = " WITH (FORCE)" if backend == "postgresql" else ""
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        admin.dispose()
 
 
 # -- bulk load -------------------------------------------------------------------------

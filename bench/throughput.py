@@ -16,17 +16,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import sqlalchemy as sa
+from benchdb import fresh_database
 
 from queuetopia_py import Job, Performer, Queuetopia, migrate
 
-ADMIN = {
-    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
-}
 SHAPES = [(1, 200), (100, 30), (1000, 3)]
 
 
@@ -43,24 +38,6 @@ class Counter(Performer):
             if self.count == self.total:
                 self.done.set()
         return None
-
-
-def fresh(backend: str, tmp: Path) -> tuple[str, object]:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / f'{uuid.uuid4().hex}.db'}", None
-    name = f"qt_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(ADMIN[backend], isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.make_url(ADMIN[backend]).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            force = " WITH (FORCE)" if backend == "postgresql" else ""
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        admin.dispose()
-
-    return url, drop
 
 
 def run_shape(url: str, queues: int, per_queue: int, concurrency: int) -> float:
@@ -106,17 +83,13 @@ def main() -> None:
             for shape in [*SHAPES, None]:
                 rates = []
                 for _ in range(args.runs):
-                    url, drop = fresh(backend, Path(tmp))
-                    try:
+                    with fresh_database(backend, Path(tmp)) as url:
                         migrate(url)
                         rates.append(
                             run_enqueue(url)
                             if shape is None
                             else run_shape(url, *shape, args.concurrency)
                         )
-                    finally:
-                        if drop:
-                            drop()  # type: ignore[operator]
                 cells.append(statistics.median(rates))
             print(f"{backend:<11}" + "".join(f"{c:>12.0f}" for c in cells), flush=True)
 
