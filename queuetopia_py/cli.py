@@ -624,12 +624,23 @@ def _whom(queue: str | None, scope: str) -> str:
     return f"scope {scope}" if queue is None else f"queue {queue} of scope {scope}"
 
 
+def _suspension_options(verb: str, reason_help: str) -> Callable[[F], F]:
+    """QUEUE, --scope, --reason, --by and the common options of suspend/resume."""
+
+    def decorate(command: F) -> F:
+        command = ops_options(command)
+        command = click.option("--by", default=None, help=f"Who {verb} (default: user@host).")(
+            command
+        )
+        command = click.option("--reason", default=None, help=reason_help)(command)
+        command = click.option("--scope", required=True, help="Scope of the queue.")(command)
+        return click.argument("queue", required=False, default=None)(command)
+
+    return decorate
+
+
 @cli.command("suspend")
-@click.argument("queue", required=False, default=None)
-@click.option("--scope", required=True, help="Scope of the queue.")
-@click.option("--reason", default=None, help="Why (recorded with the suspension).")
-@click.option("--by", default=None, help="Who suspends (default: user@host).")
-@ops_options
+@_suspension_options("suspends", "Why (recorded with the suspension).")
 def suspend_command(
     queue: str | None,
     scope: str,
@@ -654,11 +665,7 @@ def suspend_command(
 
 
 @cli.command("resume")
-@click.argument("queue", required=False, default=None)
-@click.option("--scope", required=True, help="Scope of the queue.")
-@click.option("--reason", default=None, help="Why.")
-@click.option("--by", default=None, help="Who resumes (default: user@host).")
-@ops_options
+@_suspension_options("resumes", "Why.")
 def resume_command(
     queue: str | None,
     scope: str,

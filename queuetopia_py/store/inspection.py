@@ -98,13 +98,8 @@ class Inspection:
             lock = by_queue_locks.get(name)
             attempt = None if lock is None or lock.job_id is None else locked_jobs.get(lock.job_id)
             running = None
-            if (
-                lock is not None
-                and attempt is not None
-                and attempt.attempted_at is not None
-                and attempt.attempted_by == lock.node
-                and attempt.attempted_at >= lock.locked_at
-            ):
+            # The live lock was taken for this job's current attempt (see in_progress).
+            if lock is not None and attempt is not None and attempt.attempted_at is not None:
                 running = RunningAttempt(
                     lock.node, name, attempt, attempt.attempted_at, lock.locked_until
                 )
