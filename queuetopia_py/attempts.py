@@ -14,7 +14,12 @@ from queuetopia_py.events import Event, EventBus, EventKind
 from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.job import Job
 from queuetopia_py.performer import Performer
-from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, Recorded
+from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue, Recorded
+
+#: What may follow an attempt in its queue: the claim of the queue's next job, taken as
+#: the success was recorded; `NotDue` or `Interrupted` for that head; None when nothing
+#: was claimed.
+Following = Claim | NotDue | Interrupted | None
 
 logger = logging.getLogger("queuetopia_py.attempts")
 
@@ -53,6 +58,18 @@ class AttemptRunner:
         `claim.started`, taken before the database's time was read for the lock, so it
         falls before the lock's expiry. `unready` is the failure to record instead of
         running (executor not ready)."""
+        return self._run(claim, unready, claim_next=False)[0]
+
+    def run_and_claim_next(
+        self, claim: Claim, unready: Outcome | None = None
+    ) -> tuple[Outcome, Following]:
+        """`run`, and on success claim the queue's next job in the transaction that
+        records it, the queue's lock passing from one job to the next."""
+        return self._run(claim, unready, claim_next=True)
+
+    def _run(
+        self, claim: Claim, unready: Outcome | None, *, claim_next: bool
+    ) -> tuple[Outcome, Following]:
         job = claim.job
         self.emit(EventKind.ATTEMPT_STARTED, job, attempt=job.attempts)
         began = time.monotonic()
@@ -73,12 +90,13 @@ class AttemptRunner:
                 outcome = Outcome(describe_exception(exc))
         duration = time.monotonic() - began
         if outcome.error is None:
-            self._succeeded(claim, outcome, duration)
-        else:
-            self._failed(claim, outcome, duration)
-        return outcome
+            return outcome, self._succeeded(claim, outcome, duration, claim_next=claim_next)
+        self._failed(claim, outcome, duration)
+        return outcome, None
 
-    def _succeeded(self, claim: Claim, outcome: Outcome, duration: float) -> None:
+    def _succeeded(
+        self, claim: Claim, outcome: Outcome, duration: float, *, claim_next: bool
+    ) -> Following:
         job = claim.job
         log = {"scope": job.scope, "queue": job.queue, "job_id": job.id}
         if outcome.result_problem is not None:
@@ -87,18 +105,23 @@ class AttemptRunner:
                 outcome.result_problem,
                 extra=log,
             )
-        done = self.claims.record_success(claim, outcome.result)
+        following: Following = None
+        if claim_next:
+            done, following = self.claims.record_success_and_claim(claim, outcome.result)
+        else:
+            done = self.claims.record_success(claim, outcome.result)
         if done is None:
             logger.warning(
                 "success not recorded: the attempt was recorded already or its lock was taken over",
                 extra=log,
             )
-            return
+            return following
         self.emit(EventKind.ATTEMPT_SUCCEEDED, done, attempt=done.attempts, duration=duration)
         try:
             self.performer.handle_succeeded_job(done)
         except Exception:
             logger.exception("handle_succeeded_job raised", extra=log)
+        return following
 
     def _failed(self, claim: Claim, outcome: Outcome, duration: float) -> None:
         job = claim.job

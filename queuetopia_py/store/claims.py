@@ -42,6 +42,8 @@ class Claim:
     #: This process's monotonic clock just before the claim read the database's time:
     #: an attempt given `timeout` from here ends before the lock expires.
     started: float
+    #: The job as it was before the claim (to give the claim back unused).
+    prior: Job | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,11 @@ class Recorded:
 
 
 class ClaimStore:
-    """The scheduler's statements for one scope and one node."""
+    """The scheduler's statements for one scope and one node.
+
+    The statements of the hot path (claim, record, poll) are built once here, with bind
+    parameters, so that each execution reuses their compiled form.
+    """
 
     def __init__(self, db: Database, scope: str, node: str) -> None:
         self.db = db
@@ -105,6 +111,82 @@ class ClaimStore:
         self.node = node
         self.jobs = db.tables.jobs
         self.locks = db.tables.locks
+        self._build_statements()
+
+    def _build_statements(self) -> None:
+        jobs, locks, now = self.jobs, self.locks, self.db.now()
+        queue = sa.bindparam("b_queue", type_=locks.c.queue.type)
+        token = sa.bindparam("b_token", type_=locks.c.token.type)
+        self._now = sa.select(now)
+        self._lock_row = sa.and_(
+            locks.c.scope == self.scope, locks.c.queue == queue, locks.c.token == token
+        )
+        # The queue's head, leaving out the job whose success is being recorded in the
+        # same transaction (`current`; 0 matches no job).
+        head = jobs.alias("head")
+        head_id = (
+            sa.select(head.c.id)
+            .where(
+                head.c.scope == self.scope,
+                head.c.queue == queue,
+                pending(head),
+                head.c.id != sa.bindparam("b_current", 0),
+                ~self._suspended(head),
+            )
+            .order_by(*queue_order(head))
+            .limit(1)
+            .scalar_subquery()
+        )
+        # Lock the head row, skipping it if a concurrent claimer holds it (PostgreSQL,
+        # MariaDB 10.6+): never wait for, never pass, the head.
+        self._select_head = (
+            sa.select(jobs, now.label("db_now"))
+            .where(jobs.c.id == head_id, pending(jobs))
+            .with_for_update(skip_locked=True)
+        )
+        self._delete_expired_lock = locks.delete().where(
+            locks.c.scope == self.scope,
+            locks.c.queue == queue,
+            locks.c.locked_until <= sa.bindparam("b_now", type_=locks.c.locked_until.type),
+        )
+        self._insert_lock = locks.insert().values(scope=self.scope, locked_by_node=self.node)
+        self._pass_lock = (
+            locks.update()
+            .where(self._lock_row)
+            .values(
+                job_id=sa.bindparam("b_job_id"),
+                locked_at=sa.bindparam("b_locked_at"),
+                locked_until=sa.bindparam("b_locked_until"),
+            )
+        )
+        self._release_lock = locks.delete().where(self._lock_row)
+        self._start_attempt = (
+            jobs.update()
+            .where(jobs.c.id == sa.bindparam("b_job_id"))
+            .values(
+                attempts=jobs.c.attempts + 1,
+                attempted_at=sa.bindparam("b_attempted_at", type_=jobs.c.attempted_at.type),
+                attempted_by=self.node,
+                next_attempt_at=sa.bindparam("b_retry_at", type_=jobs.c.next_attempt_at.type),
+                progress_message=None,
+                progress_fraction=None,
+                progress_at=None,
+            )
+        )
+        self._mark_done = (
+            jobs.update()
+            .where(
+                jobs.c.id == sa.bindparam("b_job_id"),
+                jobs.c.attempts == sa.bindparam("b_attempts"),
+                jobs.c.done_at.is_(None),
+            )
+            .values(
+                done_at=sa.bindparam("b_done_at", type_=jobs.c.done_at.type),
+                outcome=None,
+                ended_at=None,
+                result=sa.bindparam("b_result", type_=jobs.c.result.type),
+            )
+        )
 
     def _lock_of(self, queue: str) -> sa.ColumnElement[bool]:
         return sa.and_(self.locks.c.scope == self.scope, self.locks.c.queue == queue)
@@ -123,7 +205,7 @@ class ClaimStore:
         def run() -> PollResult:
             jobs, locks = self.jobs, self.locks
             with self.db.transaction() as conn:
-                now = conn.execute(sa.select(self.db.now())).scalar_one()
+                now = conn.execute(self._now).scalar_one()
                 # Find expired locks with a plain read, then delete them by key: a range
                 # delete would lock the index gaps and deadlock with concurrent claims.
                 expired = (
@@ -194,33 +276,13 @@ class ClaimStore:
         """
 
         def run() -> Claim | NotDue | Busy | Interrupted | None:
-            jobs, locks = self.jobs, self.locks
             try:
-                head = jobs.alias("head")
-                head_id = (
-                    sa.select(head.c.id)
-                    .where(
-                        head.c.scope == self.scope,
-                        head.c.queue == queue,
-                        pending(head),
-                        ~self._suspended(head),
-                    )
-                    .order_by(*queue_order(head))
-                    .limit(1)
-                    .scalar_subquery()
-                )
                 with self.db.transaction() as conn:
                     # Taken after any wait for SQLite's write lock (BEGIN IMMEDIATE runs
                     # when the transaction begins) and before the database's time is
                     # read: time spent waiting to claim does not eat into the attempt.
                     started = time.monotonic()
-                    # Lock the head row, skipping it if a concurrent claimer holds it
-                    # (PostgreSQL, MariaDB 10.6+): never wait for, never pass, the head.
-                    row = conn.execute(
-                        sa.select(jobs, self.db.now().label("db_now"))
-                        .where(jobs.c.id == head_id, pending(jobs))
-                        .with_for_update(skip_locked=True)
-                    ).first()
+                    row = conn.execute(self._select_head, {"b_queue": queue}).first()
                     if row is None:
                         # Empty, suspended, or being claimed by another node right now.
                         return None
@@ -229,60 +291,25 @@ class ClaimStore:
                     if not is_due(job.next_attempt_at, now):
                         waits = job.next_attempt_at
                         return NotDue(None if waits is None else waits - now)
-                    conn.execute(
-                        locks.delete().where(self._lock_of(queue), locks.c.locked_until <= now)
-                    )
+                    conn.execute(self._delete_expired_lock, {"b_queue": queue, "b_now": now})
                     token = uuid.uuid4().hex
                     until = now + lock_lifetime(job.timeout)
                     try:
                         conn.execute(
-                            locks.insert().values(
-                                scope=self.scope,
-                                queue=queue,
-                                token=token,
-                                locked_at=now,
-                                locked_by_node=self.node,
-                                locked_until=until,
-                                job_id=job.id,
-                            )
+                            self._insert_lock,
+                            {
+                                "queue": queue,
+                                "token": token,
+                                "locked_at": now,
+                                "locked_until": until,
+                                "job_id": job.id,
+                            },
                         )
                     except IntegrityError as exc:
                         raise _LockTaken from exc
                     if job.round_attempts >= job.max_attempts:
-                        # Its final attempt started but was never recorded, and its lock
-                        # has expired (we just took it): that node is gone. The job
-                        # meets its failure mode.
-                        recorded = self._exhaust(conn, job, interrupted_error(job), now)
-                        conn.execute(
-                            locks.delete().where(self._lock_of(queue), locks.c.token == token)
-                        )
-                        return Interrupted(recorded.job, recorded.moved_to)
-                    # Until the attempt is recorded, it counts as failed: should this node
-                    # die, the job is retried after the default backoff, and given up
-                    # once it has used its last attempt.
-                    retry_at = now + default_backoff(job.round_attempts, job.max_backoff)
-                    conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job.id)
-                        .values(
-                            attempts=jobs.c.attempts + 1,
-                            attempted_at=now,
-                            attempted_by=self.node,
-                            next_attempt_at=retry_at,
-                            progress_message=None,
-                            progress_fraction=None,
-                            progress_at=None,
-                        )
-                    )
-                    claimed = replace(
-                        job,
-                        attempts=job.attempts + 1,
-                        attempted_at=now,
-                        attempted_by=self.node,
-                        next_attempt_at=retry_at,
-                        progress=None,
-                    )
-                    return Claim(claimed, token, until, started)
+                        return self._interrupted(conn, job, token, now)
+                    return self._start(conn, job, token, now, started)
             except _LockTaken:
                 return Busy()
             except DatabaseError as exc:
@@ -291,6 +318,59 @@ class ClaimStore:
                 raise
 
         return self.db.retrying(run)
+
+    def _interrupted(self, conn: sa.Connection, job: Job, token: str, now: datetime) -> Interrupted:
+        """The head's final attempt started but was never recorded, and its lock has
+        expired (we just took it): that node is gone. The job meets its failure mode."""
+        recorded = self._exhaust(conn, job, interrupted_error(job), now)
+        conn.execute(self._release_lock, {"b_queue": job.queue, "b_token": token})
+        return Interrupted(recorded.job, recorded.moved_to)
+
+    def _start(
+        self, conn: sa.Connection, job: Job, token: str, now: datetime, started: float
+    ) -> Claim:
+        """Count the attempt of `job` whose queue lock (`token`) is held."""
+        # Until the attempt is recorded, it counts as failed: should this node die, the
+        # job is retried after the default backoff, and given up once it has used its
+        # last attempt.
+        retry_at = now + default_backoff(job.round_attempts, job.max_backoff)
+        conn.execute(
+            self._start_attempt, {"b_job_id": job.id, "b_attempted_at": now, "b_retry_at": retry_at}
+        )
+        claimed = replace(
+            job,
+            attempts=job.attempts + 1,
+            attempted_at=now,
+            attempted_by=self.node,
+            next_attempt_at=retry_at,
+            progress=None,
+        )
+        return Claim(claimed, token, now + lock_lifetime(job.timeout), started, prior=job)
+
+    def give_back(self, claim: Claim) -> None:
+        """Undo a claim whose attempt did not start (the node began stopping): the job
+        is as it was before, and the lock is released."""
+        prior = claim.prior
+        assert prior is not None
+
+        def run() -> None:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    self.jobs.update()
+                    .where(self._attempt_of(claim))
+                    .values(
+                        attempts=prior.attempts,
+                        attempted_at=prior.attempted_at,
+                        attempted_by=prior.attempted_by,
+                        next_attempt_at=prior.next_attempt_at,
+                        progress_message=prior.progress and prior.progress.message,
+                        progress_fraction=prior.progress and prior.progress.fraction,
+                        progress_at=prior.progress and prior.progress.at,
+                    )
+                )
+                self._release(conn, claim)
+
+        self.db.retrying(run)
 
     def _attempt_of(self, claim: Claim) -> sa.ColumnElement[bool]:
         jobs = self.jobs
@@ -301,10 +381,7 @@ class ClaimStore:
         )
 
     def _release(self, conn: sa.Connection, claim: Claim) -> None:
-        locks = self.locks
-        conn.execute(
-            locks.delete().where(self._lock_of(claim.job.queue), locks.c.token == claim.token)
-        )
+        conn.execute(self._release_lock, {"b_queue": claim.job.queue, "b_token": claim.token})
 
     def record_success(self, claim: Claim, result: Any = None) -> Job | None:
         """Mark the claimed job done with `result` (JSON) and release the lock.
@@ -312,21 +389,83 @@ class ClaimStore:
         None if the claim was lost. A job aborted while this attempt ran is done too: its
         work did happen.
         """
+        done, _ = self._record_success(claim, result, claim_next=False)
+        return done
 
-        def run() -> Job | None:
+    def record_success_and_claim(
+        self, claim: Claim, result: Any = None
+    ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
+        """`record_success`, and in the same transaction, while the queue's lock is
+        still held, claim the queue's next job if it is due (the lock passes to it).
+
+        The second value is the next claim; else the lock was released, and it is
+        `NotDue` or `Interrupted` for the next job, or None when nothing is due (the
+        queue is empty or suspended, or the lock was lost).
+        """
+        return self._record_success(claim, result, claim_next=True)
+
+    def _record_success(
+        self, claim: Claim, result: Any, *, claim_next: bool
+    ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
+        job = claim.job
+        key = {"b_queue": job.queue, "b_token": claim.token}
+
+        def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
             with self.db.transaction() as conn:
-                now = conn.execute(sa.select(self.db.now())).scalar_one()
+                started = time.monotonic()
+                head = None
+                if claim_next:
+                    head = conn.execute(
+                        self._select_head, {"b_queue": job.queue, "b_current": job.id}
+                    ).first()
+                now: datetime = (
+                    head.db_now if head is not None else conn.execute(self._now).scalar_one()
+                )
                 updated = conn.execute(
-                    self.jobs.update()
-                    .where(self._attempt_of(claim))
-                    .values(done_at=now, outcome=None, ended_at=None, result=result)
+                    self._mark_done,
+                    {
+                        "b_job_id": job.id,
+                        "b_attempts": job.attempts,
+                        "b_done_at": now,
+                        "b_result": result,
+                    },
                 ).rowcount
-                self._release(conn, claim)
-            if updated != 1:
-                return None
-            return replace(claim.job, done_at=now, outcome=None, ended_at=None, result=result)
+                done = (
+                    replace(job, done_at=now, outcome=None, ended_at=None, result=result)
+                    if updated == 1
+                    else None
+                )
+                following: Claim | NotDue | Interrupted | None = None
+                if done is not None and head is not None:
+                    following = self._pass(conn, claim, row_to_job(head), now, started)
+                if not isinstance(following, Claim):
+                    conn.execute(self._release_lock, key)
+            return done, following
 
         return self.db.retrying(run)
+
+    def _pass(
+        self, conn: sa.Connection, claim: Claim, head: Job, now: datetime, started: float
+    ) -> Claim | NotDue | Interrupted | None:
+        """Pass the held lock of `claim`'s queue to its next job `head`, if due."""
+        if not is_due(head.next_attempt_at, now):
+            waits = head.next_attempt_at
+            return NotDue(None if waits is None else waits - now)
+        passed = conn.execute(
+            self._pass_lock,
+            {
+                "b_queue": head.queue,
+                "b_token": claim.token,
+                "b_job_id": head.id,
+                "b_locked_at": now,
+                "b_locked_until": now + lock_lifetime(head.timeout),
+            },
+        ).rowcount
+        if passed != 1:
+            return None  # the lock was lost: the queue is left to the next poll
+        if head.round_attempts >= head.max_attempts:
+            return self._interrupted(conn, head, claim.token, now)
+        return self._start(conn, head, claim.token, now, started)
 
     def record_failure(
         self, claim: Claim, error: str, next_attempt_at: datetime | None, *, keep_lock: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,6 +131,10 @@ def _setup_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _codes(exc: BaseException) -> tuple[str | None, int | None]:
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -205,6 +210,7 @@ class Database:
         self.engine = engine
         self.tables = tables or build_tables()
         self.dialect = engine.dialect.name
+        self._local = threading.local()
 
     def now(self) -> sa.ColumnElement[datetime]:
         """The database's current time as an SQL expression (SQLite: this machine's)."""
@@ -212,8 +218,27 @@ class Database:
             return sa.func.now(type_=UtcDateTime())
         if self.dialect in ("mysql", "mariadb"):
             return sa.literal_column("UTC_TIMESTAMP(6)", UtcDateTime())
-        # SQLite runs in this process: its clock is this machine's.
-        return sa.bindparam(None, datetime.now(UTC), type_=UtcDateTime())
+        # SQLite runs in this process: its clock is this machine's, read when the
+        # statement runs (so that statements built once keep telling the time).
+        return sa.bindparam("now", type_=UtcDateTime(), callable_=_utc_now, unique=True)
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Run this thread's transactions on one connection until the block ends,
+        instead of taking one from the pool (and checking it) for each."""
+        if getattr(self._local, "connection", None) is not None:
+            yield
+            return
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+        self._local.connection = conn
+        try:
+            yield
+        finally:
+            self._local.connection = None
+            conn.close()
 
     @contextmanager
     def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
@@ -221,6 +246,13 @@ class Database:
         try:
             if connection is not None:
                 yield connection
+                return
+            pinned: Connection | None = getattr(self._local, "connection", None)
+            if pinned is not None:
+                if pinned.invalidated and pinned.in_transaction():
+                    pinned.rollback()  # the connection was lost: start over on a new one
+                with pinned.begin():
+                    yield pinned
                 return
             with self.engine.begin() as conn:
                 yield conn

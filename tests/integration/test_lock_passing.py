@@ -1,0 +1,142 @@
+"""Recording a success and claiming the queue's next job in one transaction: the lock
+passes from job to job, and every case where it must not pass releases it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from queuetopia_py import Queuetopia
+from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue
+
+
+def _claims(queue: Queuetopia, node: str = "node-a") -> ClaimStore:
+    return ClaimStore(queue._db, queue.scope, node)
+
+
+def _lock_rows(queue: Queuetopia) -> list[dict[str, object]]:
+    return _claims(queue).locks_held()
+
+
+def test_the_lock_passes_to_the_next_job_which_is_claimed(make_queue: Callable) -> None:
+    queue = make_queue()
+    first = queue.create_job("q", "a", {"n": 1}, timeout=30)
+    second = queue.create_job("q", "a", {"n": 2}, timeout=30)
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim) and claim.job.id == first.id
+
+    done, following = claims.record_success_and_claim(claim, {"ok": 1})
+
+    assert done is not None and done.id == first.id and done.result == {"ok": 1}
+    assert isinstance(following, Claim) and following.job.id == second.id
+    assert following.job.attempts == 1 and following.job.attempted_by == "node-a"
+    assert following.token == claim.token
+    stored = queue.get_job(first.id)
+    assert stored is not None and stored.done and stored.result == {"ok": 1}
+    assert queue.get_job(second.id).attempts == 1  # type: ignore[union-attr]
+    [lock] = _lock_rows(queue)
+    assert lock["job_id"] == second.id and lock["token"] == claim.token
+    # The queue stays exclusive while the lock passes.
+    assert not isinstance(_claims(queue, "node-b").claim("q"), Claim)
+
+    done, following = claims.record_success_and_claim(following)
+    assert done is not None and done.id == second.id
+    assert following is None  # the queue is empty: the lock is released
+    assert _lock_rows(queue) == []
+
+
+def test_a_next_job_scheduled_later_is_not_claimed(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {})
+    later = queue.create_job("q", "a", {}, scheduled_at=datetime.now(UTC) + timedelta(hours=1))
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim)
+
+    done, following = claims.record_success_and_claim(claim)
+
+    assert done is not None
+    assert isinstance(following, NotDue) and following.wait is not None
+    assert timedelta(minutes=59) < following.wait <= timedelta(hours=1)
+    assert queue.get_job(later.id).attempts == 0  # type: ignore[union-attr]
+    assert _lock_rows(queue) == []
+
+
+def test_a_suspended_queue_passes_nothing(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {})
+    nxt = queue.create_job("q", "a", {})
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim)
+    queue.suspend("q")
+
+    done, following = claims.record_success_and_claim(claim)
+
+    assert done is not None and following is None
+    assert queue.get_job(nxt.id).attempts == 0  # type: ignore[union-attr]
+    assert _lock_rows(queue) == []
+
+
+def test_a_lost_claim_records_nothing_and_claims_nothing(make_queue: Callable) -> None:
+    queue = make_queue()
+    job = queue.create_job("q", "a", {})
+    nxt = queue.create_job("q", "a", {})
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim)
+    # Another node took the job over meanwhile (its attempt counted: the fence moved).
+    jobs = queue._db.tables.jobs
+    with queue.engine.begin() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == job.id).values(attempts=5))
+
+    done, following = claims.record_success_and_claim(claim)
+
+    assert done is None and following is None
+    assert not queue.get_job(job.id).done  # type: ignore[union-attr]
+    assert queue.get_job(nxt.id).attempts == 0  # type: ignore[union-attr]
+
+
+def test_an_interrupted_final_attempt_of_the_next_job_meets_its_failure_mode(
+    make_queue: Callable,
+) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {})
+    nxt = queue.create_job("q", "a", {}, max_attempts=1)
+    # The next job's only attempt was started by a node that died before recording it.
+    jobs = queue._db.tables.jobs
+    with queue.engine.begin() as conn:
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.id == nxt.id)
+            .values(attempts=1, attempted_by="dead-node", attempted_at=datetime.now(UTC))
+        )
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim)
+
+    done, following = claims.record_success_and_claim(claim)
+
+    assert done is not None
+    assert isinstance(following, Interrupted) and following.job.id == nxt.id
+    assert queue.get_job(nxt.id).state == "given_up"  # type: ignore[union-attr]
+    assert _lock_rows(queue) == []
+
+
+def test_a_claim_given_back_leaves_the_job_as_it_was(make_queue: Callable) -> None:
+    queue = make_queue()
+    queue.create_job("q", "a", {})
+    nxt = queue.create_job("q", "a", {})
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim)
+    _, following = claims.record_success_and_claim(claim)
+    assert isinstance(following, Claim)
+
+    claims.give_back(following)
+
+    assert queue.get_job(nxt.id) == nxt
+    assert _lock_rows(queue) == []
+    again = _claims(queue, "node-b").claim("q")
+    assert isinstance(again, Claim) and again.job.id == nxt.id and again.job.attempts == 1
