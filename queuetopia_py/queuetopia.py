@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
-from queuetopia_py import defaults
+from queuetopia_py import defaults, listener
 from queuetopia_py.errors import (
     ConfigurationError,
     InvalidJobError,
@@ -50,6 +50,7 @@ from queuetopia_py.performer import Performer
 from queuetopia_py.scheduler import RunState, Scheduler
 from queuetopia_py.schema import build_tables
 from queuetopia_py.status import Status, Suspension
+from queuetopia_py.store.announcements import MAX_QUEUES_ANNOUNCED, announce, channel
 from queuetopia_py.store.claims import ClaimStore
 from queuetopia_py.store.control import ControlStore
 from queuetopia_py.store.database import Database, check_schema, create_engine
@@ -198,13 +199,22 @@ class Queuetopia:
         )
         repo = self.options.repo
         self._owns_engine = not isinstance(repo, Engine)
-        engine = create_engine(repo) if not isinstance(repo, Engine) else repo
+        engine = (
+            repo
+            if isinstance(repo, Engine)
+            # Each runner keeps a connection while it runs its queue; the rest is for
+            # polls, progress reports and the application's own calls.
+            else create_engine(repo, pool_size=self.options.max_concurrency + 5)
+        )
         self._db = Database(engine, build_tables(self.options.table_prefix))
         self._jobs = JobStore(self._db, self.scope)
-        self._control = ControlStore(self._db, self.scope)
+        # Names this instance in its announcements, so that it is not woken by its own.
+        self._origin = uuid.uuid4().hex
+        self._control = ControlStore(self._db, self.scope, self._origin)
         self._inspection = Inspection(self._db, self.scope)
         self._events = EventBus(parent=process_bus)
         self._scheduler: Scheduler | None = None
+        self._subscription: listener.Registration | None = None
         self._stop_at_exit_registered = False
 
     @property
@@ -264,17 +274,20 @@ class Queuetopia:
         if connection is not None:
             with self._db.transaction(connection) as conn:
                 job = self._jobs.insert(conn, new)
+                self._announce(conn, [job.queue])
 
             self._follow_commit(connection, [job])
             return job
 
         def insert() -> Job:
             with self._db.transaction() as conn:
-                return self._jobs.insert(conn, new)
+                job = self._jobs.insert(conn, new)
+                self._announce(conn, [job.queue])
+                return job
 
         job = self._db.retrying(insert, conflicts_only=True)
         self._emit(EventKind.JOB_CREATED, job)
-        self._wake()
+        self._offer([job.queue])
         return job
 
     def create_jobs(
@@ -294,20 +307,24 @@ class Queuetopia:
         news = [self._validate_item(index, item) for index, item in enumerate(jobs)]
         if not news:
             return []
+        queues = [new.queue for new in news]
         if connection is not None:
             with self._db.transaction(connection) as conn:
                 created = self._jobs.insert_many(conn, news)
+                self._announce(conn, queues)
             self._follow_commit(connection, created)
             return created
 
         def insert() -> list[Job]:
             with self._db.transaction() as conn:
-                return self._jobs.insert_many(conn, news)
+                created = self._jobs.insert_many(conn, news)
+                self._announce(conn, queues)
+                return created
 
         created = self._db.retrying(insert, conflicts_only=True)
         for job in created:
             self._emit(EventKind.JOB_CREATED, job)
-        self._wake()
+        self._offer(queues)
         return created
 
     def _validate_item(self, index: int, item: Mapping[str, Any]) -> NewJob:
@@ -591,6 +608,14 @@ class Queuetopia:
             cleanup_interval=self.options.cleanup_interval,
         )
         self._scheduler.start()
+        if self._db.dialect == "postgresql":
+            self._subscription = listener.subscribe(
+                self._db.engine,
+                channel(self._db.tables),
+                self.scope,
+                self._origin,
+                self._scheduler.offer,
+            )
         if not self._stop_at_exit_registered:
             atexit.register(_stop_at_exit, weakref.ref(self))
             self._stop_at_exit_registered = True
@@ -603,6 +628,9 @@ class Queuetopia:
         Returns whether every running attempt finished.
         """
         scheduler, self._scheduler = self._scheduler, None
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            subscription.close()
         finished = True if scheduler is None else scheduler.stop(timeout)
         if self._owns_engine:
             self._db.engine.dispose()
@@ -617,6 +645,22 @@ class Queuetopia:
         scheduler = self._scheduler
         if scheduler is not None:
             scheduler.wake()
+
+    def _announce(self, conn: Connection, queues: list[str]) -> None:
+        """Tell the other nodes listening (PostgreSQL) about new work in `queues`."""
+        announce(conn, self._db.tables, self.scope, queues, self._origin)
+
+    def _offer(self, queues: list[str]) -> None:
+        """Wake this node's scheduler for new work in `queues`."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        distinct = list(dict.fromkeys(queues))
+        if len(distinct) > MAX_QUEUES_ANNOUNCED:
+            scheduler.wake()
+            return
+        for queue in distinct:
+            scheduler.offer(queue)
 
     def _follow_commit(self, connection: Connection, jobs: list[Job]) -> None:
         """Once the caller's transaction commits, wake the scheduler and announce `jobs`;

@@ -25,7 +25,7 @@ from queuetopia_py.attempts import AttemptRunner
 from queuetopia_py.events import EventBus
 from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.performer import Performer
-from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue
+from queuetopia_py.store.claims import Busy, Claim, ClaimStore, Interrupted, NotDue
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class Scheduler:
         self._waiting: deque[str] = deque()
         # Queues whose head is not due yet: left aside until that monotonic time.
         self._not_due: dict[str, float] = {}
+        # Running queues offered new work: their runner claims again before leaving them.
+        self._recheck: set[str] = set()
         self._active_lock = threading.Lock()
         self._idle = threading.Condition(self._active_lock)
         self._dispatcher: threading.Thread | None = None
@@ -158,6 +160,30 @@ class Scheduler:
         """Poll now instead of at the next interval."""
         self._wake.set()
 
+    def offer(self, queue: str | None) -> None:
+        """`queue` has new due work (None: somewhere in the scope): run it now.
+
+        A queue that is running is claimed again by its runner before it leaves it; one
+        that is not gets a runner at once if one is free, else it waits in line.
+        """
+        if queue is None:
+            self.wake()
+            return
+        start = False
+        with self._active_lock:
+            if self.state is not RunState.RUNNING:
+                return
+            self._not_due.pop(queue, None)
+            if queue in self._active:
+                self._recheck.add(queue)
+            elif len(self._active) < self.max_concurrency:
+                self._active.add(queue)
+                start = True
+            elif queue not in self._waiting:
+                self._waiting.append(queue)
+        if start:
+            self._start_runner(queue)
+
     def reconsider(self, queue: str) -> None:
         """Forget that `queue`'s head was not due (an operator acted on it), and poll."""
         with self._active_lock:
@@ -198,22 +224,28 @@ class Scheduler:
         result = self.claims.poll(free + _EXTRA_LISTED, exclude)
         to_start = []
         with self._active_lock:
-            self._waiting = deque(q for q in result.queues if q not in self._active)
+            # Queues offered while the poll ran stay in line after the listed ones.
+            listed = [q for q in result.queues if q not in self._active]
+            offered = [q for q in self._waiting if q not in self._active and q not in listed]
+            self._waiting = deque([*listed, *offered])
             while self._waiting and len(self._active) < self.max_concurrency:
                 queue = self._waiting.popleft()
                 self._active.add(queue)
                 to_start.append(queue)
             next_local = min(self._not_due.values(), default=None)
         for queue in to_start:
-            threading.Thread(
-                target=self._run, args=(queue,), name="queuetopia-runner", daemon=True
-            ).start()
+            self._start_runner(queue)
         waits = [] if result.next_in is None else [result.next_in.total_seconds()]
         if next_local is not None:
             waits.append(next_local - time.monotonic())
         # The interval trigger wakes the dispatcher anyway; a far-off due time (a job
         # scheduled years ahead) must not overflow the wait.
         return max(0.0, min(*waits, self.poll_interval)) if waits else None
+
+    def _start_runner(self, queue: str) -> None:
+        threading.Thread(
+            target=self._run, args=(queue,), name="queuetopia-runner", daemon=True
+        ).start()
 
     def _clean(self) -> None:
         try:
@@ -231,6 +263,9 @@ class Scheduler:
         other queues wait, in which case it goes to the end of their line.
         """
         with self._idle:
+            if queue in self._recheck:
+                self._recheck.discard(queue)
+                more = True
             if more and not self._waiting:
                 return queue
             self._active.discard(queue)
@@ -247,29 +282,20 @@ class Scheduler:
 
     def _run(self, first: str) -> None:
         queue: str | None = first
+        # The claim of the queue's next job, taken as the last success was recorded.
+        claim: Claim | NotDue | Busy | Interrupted | None = None
         try:
-            while queue is not None and self.state is RunState.RUNNING:
-                unready = self._prepare()
-                if self.state is not RunState.RUNNING:
-                    break
-                claim = self.claims.claim(queue)
-                if isinstance(claim, Interrupted):
-                    self.attempts.interrupted(claim)
-                elif isinstance(claim, NotDue):
-                    # Looked at again by the next poll at the latest: an operator on
-                    # another node may retry the head (an action on this node
-                    # reconsiders the queue at once).
-                    wait = self.poll_interval
-                    if claim.wait is not None:
-                        wait = min(wait, claim.wait.total_seconds())
-                    with self._active_lock:
-                        self._not_due[queue] = time.monotonic() + wait
-                    queue = self._next_queue(queue, more=False)
-                elif isinstance(claim, Claim):
-                    self._attempt(claim, unready)
-                    queue = self._next_queue(queue, more=True)
-                else:  # empty, or claimed by another node
-                    queue = self._next_queue(queue, more=False)
+            with self.claims.db.pinned():
+                while queue is not None:
+                    if self.state is not RunState.RUNNING:
+                        if isinstance(claim, Claim):
+                            # Taken with the last record, just before stopping began.
+                            self.claims.give_back(claim)
+                        break
+                    unready = self._prepare()
+                    if claim is None:
+                        claim = self.claims.claim(queue)
+                    claim, queue = self._step(queue, claim, unready)
         except Exception:
             logger.exception(
                 "queue runner failed; leaving the queue aside for %.0f s",
@@ -287,6 +313,42 @@ class Scheduler:
                     self._idle.notify_all()
             self.wake()
 
+    def _step(
+        self, queue: str, claim: Claim | NotDue | Busy | Interrupted | None, unready: Outcome | None
+    ) -> tuple[Claim | NotDue | Busy | Interrupted | None, str | None]:
+        """Act on what claiming `queue` gave; return what follows in the queue (a claim
+        taken with the record) and the queue the runner goes on with."""
+        if isinstance(claim, Interrupted):
+            self.attempts.interrupted(claim)
+            return None, queue
+        if isinstance(claim, NotDue):
+            # Looked at again by the next poll at the latest: an operator on another
+            # node may retry the head (an action on this node reconsiders the queue at
+            # once).
+            wait = self.poll_interval
+            if claim.wait is not None:
+                wait = min(wait, claim.wait.total_seconds())
+            with self._active_lock:
+                self._not_due[queue] = time.monotonic() + wait
+            return None, self._next_queue(queue, more=False)
+        if isinstance(claim, Claim):
+            # While no other queue waits for a runner, the success is recorded and the
+            # queue's next job claimed in one transaction.
+            keep = self._may_keep(queue)
+            failed, following = self._attempt(claim, unready, claim_next=keep)
+            if following is None:
+                # Nothing was claimed: after a failure or a success recorded alone, the
+                # queue may have more due work; after a success that claimed nothing,
+                # it has none.
+                return None, self._next_queue(queue, more=failed or not keep)
+            return following, queue
+        return None, self._next_queue(queue, more=False)  # empty, or claimed by another node
+
+    def _may_keep(self, queue: str) -> bool:
+        """Whether the runner of `queue` may go on with it after its current job."""
+        with self._active_lock:
+            return not self._waiting and self.state is RunState.RUNNING
+
     def _prepare(self) -> Outcome | None:
         """Get the executor ready; if it cannot be (a worker process whose performer
         does not load), the failure that the next attempt records instead of running."""
@@ -297,10 +359,18 @@ class Scheduler:
             return Outcome(describe_exception(exc))
         return None
 
-    def _attempt(self, claim: Claim, unready: Outcome | None = None) -> None:
-        outcome = self.attempts.run(claim, unready)
+    def _attempt(
+        self, claim: Claim, unready: Outcome | None, *, claim_next: bool
+    ) -> tuple[bool, Claim | NotDue | Interrupted | None]:
+        """Run the attempt; return whether it failed and, with `claim_next`, what
+        follows it in the queue."""
+        if claim_next:
+            outcome, following = self.attempts.run_and_claim_next(claim, unready)
+        else:
+            outcome, following = self.attempts.run(claim, unready), None
         if outcome.wait_stopped is not None:
             self._hold_until_stopped(claim, outcome.wait_stopped)
+        return outcome.error is not None, following
 
     def _hold_until_stopped(self, claim: Claim, wait_stopped: Callable[[float], bool]) -> None:
         """Keep the queue locked while a timed-out attempt's thread still runs."""

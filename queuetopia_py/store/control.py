@@ -17,6 +17,7 @@ from queuetopia_py.errors import JobInProgressError, JobNotFoundError, JobStateE
 from queuetopia_py.job import Intervention, Job
 from queuetopia_py.schema import WHOLE_SCOPE
 from queuetopia_py.status import Suspension
+from queuetopia_py.store.announcements import announce
 from queuetopia_py.store.database import Database
 from queuetopia_py.store.jobs import append_intervention, row_to_job
 
@@ -49,9 +50,11 @@ def in_progress(conn: sa.Connection, db: Database, job: Job, now: datetime) -> b
 class ControlStore:
     """Operators' actions on one scope."""
 
-    def __init__(self, db: Database, scope: str) -> None:
+    def __init__(self, db: Database, scope: str, origin: str = "") -> None:
         self.db = db
         self.scope = scope
+        #: Who announces the work the actions free (see `store.announcements`).
+        self.origin = origin
         self.jobs = db.tables.jobs
         self.suspensions = db.tables.suspensions
 
@@ -98,6 +101,9 @@ class ControlStore:
                 deleted = conn.execute(
                     self.suspensions.delete().where(self._suspension_of(queue))
                 ).rowcount
+                if deleted:
+                    queues = None if queue is None else [queue]
+                    announce(conn, self.db.tables, self.scope, queues, self.origin)
             return bool(deleted)
 
         return self.db.retrying(run)
@@ -133,6 +139,8 @@ class ControlStore:
                 job, now = row_to_job(row), row.db_now
                 values = decide(conn, job, now)
                 conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
+                # Cancelling, aborting or retrying a head may free its queue.
+                announce(conn, self.db.tables, self.scope, [job.queue], self.origin)
                 return append_intervention(conn, jobs, replace(job, **values), entry(now))
 
         # Only conflicts are retried: after a lost connection, whether the action took
