@@ -52,6 +52,11 @@ class Announcement:
         return cls(scope, queue, origin)
 
 
+def notify(tables: Tables, payload: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+    """PostgreSQL: an expression that announces `payload` when evaluated (as text)."""
+    return sa.cast(sa.func.pg_notify(channel(tables), payload), sa.Text)
+
+
 def announce(
     conn: Connection, tables: Tables, scope: str, queues: Iterable[str] | None, origin: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -13,6 +14,8 @@ from sqlalchemy.engine import Connection, Row
 
 from queuetopia_py.errors import InvalidJobError
 from queuetopia_py.job import GIVE_UP, LISTED_STATES, Intervention, Job, NewJob, Progress
+from queuetopia_py.schema import UtcDateTime
+from queuetopia_py.store.announcements import notify
 from queuetopia_py.store.database import Database
 
 
@@ -53,6 +56,44 @@ def row_to_job(row: Row[Any]) -> Job:
     )
 
 
+def _new_job(
+    scope: str, new: NewJob, job_id: int, scheduled_at: datetime, inserted_at: datetime
+) -> Job:
+    """The `Job` a row just inserted from `new` holds."""
+    return Job(
+        id=job_id,
+        scope=scope,
+        queue=new.queue,
+        action=new.action,
+        params=new.params,
+        timeout=new.timeout,
+        max_backoff=new.max_backoff,
+        max_attempts=new.max_attempts,
+        attempts=0,
+        attempted_at=None,
+        attempted_by=None,
+        next_attempt_at=scheduled_at,
+        scheduled_at=scheduled_at,
+        done_at=None,
+        error=None,
+        inserted_at=inserted_at,
+        on_failure=new.on_failure,
+    )
+
+
+def _unnest_row(new: NewJob) -> tuple[Any, ...]:
+    return (
+        new.queue,
+        new.action,
+        json.dumps(new.params, separators=(",", ":")),
+        _us(new.timeout),
+        _us(new.max_backoff),
+        new.max_attempts,
+        new.on_failure,
+        new.scheduled_at,
+    )
+
+
 def pending(jobs: sa.FromClause) -> sa.ColumnElement[bool]:
     """Jobs that hold their place in their queue: neither done nor ended otherwise."""
     return sa.and_(jobs.c.done_at.is_(None), jobs.c.outcome.is_(None))
@@ -83,45 +124,84 @@ class JobStore:
         self.db = db
         self.scope = scope
         self.jobs = db.tables.jobs
+        self._insert = self._build_insert()
+        self._insert_returning = self._insert.returning(*self.jobs.c)
+        created = self._insert_returning.cte("created")
+        self._insert_announcing = sa.select(
+            created, notify(db.tables, sa.bindparam("b_payload")).label("announced")
+        )
 
-    def insert(self, conn: Connection, new: NewJob) -> Job:
-        """Insert one job; its `scheduled_at` defaults to the database's now."""
+    def _build_insert(self) -> sa.Insert:
+        """The single-job INSERT, built once: its values are bind parameters."""
         jobs = self.jobs
         now = self.db.now()
-        scheduled: sa.ColumnElement[datetime] = (
-            now
-            if new.scheduled_at is None
-            else sa.bindparam(None, new.scheduled_at, type_=jobs.c.scheduled_at.type)
+        scheduled = sa.func.coalesce(
+            sa.bindparam("b_scheduled_at", type_=jobs.c.scheduled_at.type), now
         )
-        stmt = jobs.insert().values(
+        return jobs.insert().values(
             scope=self.scope,
-            queue=new.queue,
-            action=new.action,
-            params=new.params,
-            timeout_us=_us(new.timeout),
-            max_backoff_us=_us(new.max_backoff),
-            max_attempts=new.max_attempts,
-            on_failure=new.on_failure,
+            queue=sa.bindparam("b_queue", type_=jobs.c.queue.type),
+            action=sa.bindparam("b_action", type_=jobs.c.action.type),
+            params=sa.bindparam("b_params", type_=jobs.c.params.type),
+            timeout_us=sa.bindparam("b_timeout_us", type_=jobs.c.timeout_us.type),
+            max_backoff_us=sa.bindparam("b_max_backoff_us", type_=jobs.c.max_backoff_us.type),
+            max_attempts=sa.bindparam("b_max_attempts", type_=jobs.c.max_attempts.type),
+            on_failure=sa.bindparam("b_on_failure", type_=jobs.c.on_failure.type),
             attempts=0,
             scheduled_at=scheduled,
             next_attempt_at=scheduled,
             inserted_at=now,
         )
+
+    def insert(self, conn: Connection, new: NewJob, *, announcing: str | None = None) -> Job:
+        """Insert one job; its `scheduled_at` defaults to the database's now.
+
+        `announcing` (PostgreSQL) is an announcement payload sent with NOTIFY by the same
+        statement, so that a single statement in autocommit mode creates and announces.
+        """
+        jobs = self.jobs
+        values = {
+            "b_queue": new.queue,
+            "b_action": new.action,
+            "b_params": new.params,
+            "b_timeout_us": _us(new.timeout),
+            "b_max_backoff_us": _us(new.max_backoff),
+            "b_max_attempts": new.max_attempts,
+            "b_on_failure": new.on_failure,
+            "b_scheduled_at": new.scheduled_at,
+        }
+        if announcing is not None:
+            values["b_payload"] = announcing
+            return row_to_job(conn.execute(self._insert_announcing, values).one())
         if conn.dialect.insert_returning:
-            return row_to_job(conn.execute(stmt.returning(*jobs.c)).one())
-        (job_id,) = conn.execute(stmt).inserted_primary_key or (None,)
+            return row_to_job(conn.execute(self._insert_returning, values).one())
+        (job_id,) = conn.execute(self._insert, values).inserted_primary_key or (None,)
         return row_to_job(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one())
 
     def insert_many(self, conn: Connection, news: Sequence[NewJob]) -> list[Job]:
-        """Insert jobs in one statement where the database can return the rows in the
-        order given (their ids, so their order in a queue, follow it); one by one else."""
-        jobs = self.jobs
+        """Insert jobs in one statement, their ids (so their order in a queue) following
+        the order given; one by one where the database cannot return the new rows in
+        that order."""
         dialect = conn.dialect
-        if not (
+        if dialect.name == "postgresql":
+            rows = self._insert_unnest(conn, news)
+        elif (
             dialect.insert_executemany_returning
             and dialect.insert_executemany_returning_sort_by_parameter_order
         ):
+            rows = self._insert_values(conn, news)
+        else:
             return [self.insert(conn, new) for new in news]
+        return [
+            _new_job(self.scope, new, job_id, scheduled_at, inserted_at)
+            for new, (job_id, scheduled_at, inserted_at) in zip(news, rows, strict=True)
+        ]
+
+    def _insert_values(
+        self, conn: Connection, news: Sequence[NewJob]
+    ) -> list[tuple[int, datetime, datetime]]:
+        """Multi-row INSERT ... VALUES ... RETURNING, batched by SQLAlchemy."""
+        jobs = self.jobs
         now = self.db.now()
         scheduled = sa.func.coalesce(
             sa.bindparam("given_scheduled_at", type_=jobs.c.scheduled_at.type), now
@@ -135,7 +215,9 @@ class JobStore:
                 next_attempt_at=scheduled,
                 inserted_at=now,
             )
-            .returning(*jobs.c, sort_by_parameter_order=True)
+            .returning(
+                jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, sort_by_parameter_order=True
+            )
         )
         rows = [
             {
@@ -150,7 +232,37 @@ class JobStore:
             }
             for new in news
         ]
-        return [row_to_job(r) for r in conn.execute(stmt, rows)]
+        return [(r[0], r[1], r[2]) for r in conn.execute(stmt, rows)]
+
+    def _insert_unnest(
+        self, conn: Connection, news: Sequence[NewJob]
+    ) -> list[tuple[int, datetime, datetime]]:
+        """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays), whatever the number of
+        jobs: a short statement with one array per column. The ids follow the rows'
+        ordinality; the returned rows are put back in that order."""
+        jobs = self.jobs
+        columns = list(zip(*(_unnest_row(new) for new in news), strict=True))
+        stmt = sa.text(
+            f"INSERT INTO {jobs.name} (scope, queue, action, params, timeout_us,"
+            " max_backoff_us, max_attempts, on_failure, attempts, scheduled_at,"
+            " next_attempt_at, inserted_at)"
+            " SELECT :scope, q, a, CAST(p AS json), t, b, m, f, 0, coalesce(s, now()),"
+            " coalesce(s, now()), now()"
+            " FROM unnest(CAST(:queues AS text[]), CAST(:actions AS text[]),"
+            " CAST(:params AS text[]), CAST(:timeouts AS bigint[]), CAST(:backoffs AS bigint[]),"
+            " CAST(:maxes AS integer[]), CAST(:modes AS text[]),"
+            " CAST(:scheduled AS timestamptz[]))"
+            " WITH ORDINALITY AS n(q, a, p, t, b, m, f, s, i)"
+            " ORDER BY i RETURNING id, scheduled_at, inserted_at"
+        ).columns(
+            jobs.c.id, sa.column("scheduled_at", UtcDateTime), sa.column("inserted_at", UtcDateTime)
+        )
+        names = ("queues", "actions", "params", "timeouts", "backoffs", "maxes", "modes")
+        params: dict[str, Any] = dict(zip(names, map(list, columns), strict=False))
+        params["scheduled"] = list(columns[7])
+        params["scope"] = self.scope
+        rows = sorted(conn.execute(stmt, params), key=lambda r: int(r[0]))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def _select(self) -> sa.Select[Any]:
         return sa.select(self.jobs).where(self.jobs.c.scope == self.scope)
