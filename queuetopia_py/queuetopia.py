@@ -50,7 +50,12 @@ from queuetopia_py.performer import Performer
 from queuetopia_py.scheduler import RunState, Scheduler
 from queuetopia_py.schema import build_tables
 from queuetopia_py.status import Status, Suspension
-from queuetopia_py.store.announcements import MAX_QUEUES_ANNOUNCED, announce, channel
+from queuetopia_py.store.announcements import (
+    MAX_QUEUES_ANNOUNCED,
+    Announcement,
+    announce,
+    channel,
+)
 from queuetopia_py.store.claims import ClaimStore
 from queuetopia_py.store.control import ControlStore
 from queuetopia_py.store.database import Database, check_schema, create_engine
@@ -271,19 +276,23 @@ class Queuetopia:
             scheduled_at=scheduled_at,
             on_failure=opts.on_failure if on_failure is None else on_failure,
         )
+        # PostgreSQL: the same statement announces the job to the other nodes.
+        announcing = None
+        if self._db.dialect == "postgresql":
+            announcing = Announcement(self.scope, new.queue, self._origin).to_payload()
         if connection is not None:
             with self._db.transaction(connection) as conn:
-                job = self._jobs.insert(conn, new)
-                self._announce(conn, [job.queue])
+                job = self._jobs.insert(conn, new, announcing=announcing)
 
             self._follow_commit(connection, [job])
             return job
 
         def insert() -> Job:
+            if announcing is not None:  # one statement, committed by itself
+                with self._db.autocommit() as conn:
+                    return self._jobs.insert(conn, new, announcing=announcing)
             with self._db.transaction() as conn:
-                job = self._jobs.insert(conn, new)
-                self._announce(conn, [job.queue])
-                return job
+                return self._jobs.insert(conn, new)
 
         job = self._db.retrying(insert, conflicts_only=True)
         self._emit(EventKind.JOB_CREATED, job)

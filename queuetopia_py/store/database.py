@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import (
     DBAPIError,
+    DisconnectionError,
     NoSuchModuleError,
     NoSuchTableError,
     OperationalError,
@@ -44,6 +45,8 @@ _DEFAULT_DRIVERS = {
     "mariadb": "pymysql",
 }
 
+# A pooled connection idle for longer than this is checked before use.
+_PING_AFTER_IDLE = 2.0
 # SQLSTATE codes and MySQL error numbers after which the transaction was rolled back
 # and may simply be run again: serialization failure, deadlock, lock wait timeout.
 _ROLLED_BACK_SQLSTATES = {"40001", "40P01", "55P03"}
@@ -80,9 +83,11 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = sa.create_engine(parsed, **kwargs)
         _setup_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     try:
-        return sa.create_engine(parsed, **kwargs)
+        engine = sa.create_engine(parsed, **kwargs)
+        if not kwargs.get("pool_pre_ping"):
+            _ping_after_idle(engine)
+        return engine
     except NoSuchModuleError:
         raise ConfigurationError(
             f"repo: unsupported database {parsed.drivername!r} "
@@ -94,6 +99,29 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
             f"repo: the driver for {parsed.drivername} is not installed "
             f"(pip install 'queuetopia_py[{extra}]'): {exc}"
         ) from None
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Check a pooled connection before use when it has been idle for a while (the server
+    may have restarted since): a busy node reuses its connections without a round trip."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["queuetopia_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("queuetopia_idle_since")
+        if since is None or time.monotonic() - since < _PING_AFTER_IDLE:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()
+        except Exception as exc:
+            # The pool drops this connection and hands out a new one.
+            raise DisconnectionError(f"pooled connection unusable: {exc}") from exc
 
 
 def _enable_wal(cursor: Any) -> None:
@@ -239,6 +267,16 @@ class Database:
         finally:
             self._local.connection = None
             conn.close()
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits by itself (for single statements
+        that need no transaction around them: one round trip instead of three)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        except DBAPIError as exc:
+            raise translate(exc) from exc
 
     @contextmanager
     def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
