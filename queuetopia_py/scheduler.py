@@ -35,6 +35,10 @@ _ERROR_PAUSE = 0.5
 # A poll lists this many due queues beyond the free runners, so that runners go on
 # with waiting queues without polling again.
 _EXTRA_LISTED = 100
+# While other queues wait for a runner, a runner goes on with its queue for this long
+# (then hands it to the end of the line): fast jobs run many to a turn, and a slow job
+# gives its turn up after each job.
+_TURN = 0.05
 # A queue whose runner failed outside an attempt (database down, worker process that
 # cannot start) is left aside this long, so that a lasting failure does not spin.
 _RUNNER_ERROR_PAUSE = 5.0
@@ -256,17 +260,18 @@ class Scheduler:
 
     # -- one queue ---------------------------------------------------------------------
 
-    def _next_queue(self, queue: str, *, more: bool) -> str | None:
+    def _next_queue(self, queue: str, *, more: bool, turn: float = 0.0) -> str | None:
         """The queue a runner goes on with after `queue` (None: the runner ends).
 
         `more` says `queue` may have more due work: it stays with this runner unless
-        other queues wait, in which case it goes to the end of their line.
+        other queues wait and its turn (begun at monotonic time `turn`) is over, in which
+        case it goes to the end of their line.
         """
         with self._idle:
             if queue in self._recheck:
                 self._recheck.discard(queue)
                 more = True
-            if more and not self._waiting:
+            if more and self._may_keep_locked(turn):
                 return queue
             self._active.discard(queue)
             if more:
@@ -282,6 +287,7 @@ class Scheduler:
 
     def _run(self, first: str) -> None:
         queue: str | None = first
+        turn = time.monotonic()
         # The claim of the queue's next job, taken as the last success was recorded.
         claim: Claim | NotDue | Busy | Interrupted | None = None
         try:
@@ -295,7 +301,10 @@ class Scheduler:
                     unready = self._prepare()
                     if claim is None:
                         claim = self.claims.claim(queue)
-                    claim, queue = self._step(queue, claim, unready)
+                    claim, following = self._step(queue, claim, unready, turn)
+                    if following != queue:
+                        turn = time.monotonic()
+                    queue = following
         except Exception:
             logger.exception(
                 "queue runner failed; leaving the queue aside for %.0f s",
@@ -314,7 +323,11 @@ class Scheduler:
             self.wake()
 
     def _step(
-        self, queue: str, claim: Claim | NotDue | Busy | Interrupted | None, unready: Outcome | None
+        self,
+        queue: str,
+        claim: Claim | NotDue | Busy | Interrupted | None,
+        unready: Outcome | None,
+        turn: float,
     ) -> tuple[Claim | NotDue | Busy | Interrupted | None, str | None]:
         """Act on what claiming `queue` gave; return what follows in the queue (a claim
         taken with the record) and the queue the runner goes on with."""
@@ -332,22 +345,27 @@ class Scheduler:
                 self._not_due[queue] = time.monotonic() + wait
             return None, self._next_queue(queue, more=False)
         if isinstance(claim, Claim):
-            # While no other queue waits for a runner, the success is recorded and the
-            # queue's next job claimed in one transaction.
-            keep = self._may_keep(queue)
+            # While the queue's turn lasts, the success is recorded and the queue's next
+            # job claimed in one transaction.
+            keep = self._may_keep(turn)
             failed, following = self._attempt(claim, unready, claim_next=keep)
             if following is None:
                 # Nothing was claimed: after a failure or a success recorded alone, the
                 # queue may have more due work; after a success that claimed nothing,
                 # it has none.
-                return None, self._next_queue(queue, more=failed or not keep)
+                return None, self._next_queue(queue, more=failed or not keep, turn=turn)
             return following, queue
         return None, self._next_queue(queue, more=False)  # empty, or claimed by another node
 
-    def _may_keep(self, queue: str) -> bool:
-        """Whether the runner of `queue` may go on with it after its current job."""
+    def _may_keep(self, turn: float) -> bool:
+        """Whether a runner whose turn began at `turn` may go on with its queue."""
         with self._active_lock:
-            return not self._waiting and self.state is RunState.RUNNING
+            return self._may_keep_locked(turn)
+
+    def _may_keep_locked(self, turn: float) -> bool:
+        if self.state is not RunState.RUNNING:
+            return False
+        return not self._waiting or time.monotonic() - turn < _TURN
 
     def _prepare(self) -> Outcome | None:
         """Get the executor ready; if it cannot be (a worker process whose performer

@@ -9,15 +9,18 @@ expired and was taken over can write nothing over the new holder's work.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from queuetopia_py import defaults
 from queuetopia_py.backoff import default_backoff, is_due, lock_lifetime
 from queuetopia_py.errors import DatabaseError
 from queuetopia_py.job import (
@@ -25,11 +28,19 @@ from queuetopia_py.job import (
     Intervention,
     Job,
     NewJob,
+    Progress,
     dead_letter_queue,
 )
-from queuetopia_py.schema import WHOLE_SCOPE
+from queuetopia_py.schema import WHOLE_SCOPE, Tables
 from queuetopia_py.store.database import Database, is_rolled_back_conflict
-from queuetopia_py.store.jobs import JobStore, append_intervention, pending, queue_order, row_to_job
+from queuetopia_py.store.jobs import (
+    JobStore,
+    append_intervention,
+    job_from_mapping,
+    pending,
+    queue_order,
+    row_to_job,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,115 @@ class Recorded:
     moved_to: Job | None = None
 
 
+def record_and_pass_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+    """PostgreSQL: record a success and pass the queue's lock to its next job in one
+    statement, its data-modifying CTEs seeing one snapshot and one `now()`.
+
+    `done` records the success (fenced by `attempts`); `head` locks the queue's next job
+    (never the one just done: it is still pending in this snapshot) if it is due and has
+    attempts left, and only if the success was recorded; `passed` moves our lock to it
+    (fenced by our token); `released` deletes our lock when nothing follows; `started`
+    counts the new attempt exactly as `ClaimStore.claim` does (`default_backoff` and
+    `lock_lifetime` in SQL). Returns one row: the counts, the time, and the started job
+    (NULLs when none) with the values it had before.
+    """
+    jobs, locks, suspensions = tables.jobs.name, tables.locks.name, tables.suspensions.name
+    margin_us = defaults.LOCK_MARGIN // timedelta(microseconds=1)
+    sql = f"""
+WITH done AS (
+    UPDATE {jobs} SET done_at = now(), outcome = NULL, ended_at = NULL,
+        result = CAST(:result AS json)
+    WHERE id = :job_id AND attempts = :attempts AND done_at IS NULL
+    RETURNING id
+), head AS (
+    SELECT j.id, j.timeout_us, j.attempted_at, j.attempted_by, j.next_attempt_at,
+        j.progress_message, j.progress_fraction, j.progress_at
+    FROM {jobs} AS j
+    WHERE j.id = (
+        SELECT h.id FROM {jobs} AS h
+        WHERE h.scope = :scope AND h.queue = :queue AND h.done_at IS NULL
+            AND h.outcome IS NULL AND h.id <> :job_id
+            AND NOT EXISTS (
+                SELECT 1 FROM {suspensions} AS s
+                WHERE s.scope = h.scope AND s.queue IN (h.queue, :whole_scope)
+            )
+        ORDER BY h.done_at, h.outcome, h.scheduled_at, h.id
+        LIMIT 1
+    )
+        AND j.done_at IS NULL AND j.outcome IS NULL
+        AND j.next_attempt_at <= now()
+        AND j.attempts - j.round_start < j.max_attempts
+        AND EXISTS (SELECT 1 FROM done)
+    FOR UPDATE SKIP LOCKED
+), passed AS (
+    UPDATE {locks} AS l SET job_id = head.id, locked_at = now(),
+        locked_until = now() + (head.timeout_us + {margin_us}) * interval '1 microsecond'
+    FROM head
+    WHERE l.scope = :scope AND l.queue = :queue AND l.token = :token
+    RETURNING l.job_id, l.locked_until
+), released AS (
+    DELETE FROM {locks}
+    WHERE scope = :scope AND queue = :queue AND token = :token
+        AND NOT EXISTS (SELECT 1 FROM head)
+    RETURNING 1
+), started AS (
+    UPDATE {jobs} AS j SET attempts = j.attempts + 1, attempted_at = now(),
+        attempted_by = :node,
+        next_attempt_at = now() + LEAST(
+            (CAST(power(2, LEAST(GREATEST(j.attempts - j.round_start, 0), 40)) AS bigint) + 1)
+                * 1000000,
+            j.max_backoff_us
+        ) * interval '1 microsecond',
+        progress_message = NULL, progress_fraction = NULL, progress_at = NULL
+    FROM passed
+    WHERE j.id = passed.job_id
+    RETURNING j.*, passed.locked_until AS lock_until
+)
+SELECT (SELECT count(*) FROM done) AS done_count,
+    (SELECT count(*) FROM released) AS released_count,
+    now() AS db_now,
+    head.attempted_at AS prior_attempted_at, head.attempted_by AS prior_attempted_by,
+    head.next_attempt_at AS prior_next_attempt_at,
+    head.progress_message AS prior_progress_message,
+    head.progress_fraction AS prior_progress_fraction,
+    head.progress_at AS prior_progress_at,
+    started.*
+FROM (SELECT 1) AS one
+    LEFT JOIN started ON true
+    LEFT JOIN head ON head.id = started.id
+"""
+    constants = {"scope": scope, "node": node, "whole_scope": WHOLE_SCOPE}
+    # psycopg's own placeholders: the statement runs on the driver directly.
+    return RawStatement(re.sub(r":(\w+)", r"%(\1)s", sql), constants)
+
+
+@dataclass(frozen=True, slots=True)
+class RawStatement:
+    """SQL in the driver's placeholder style, with the parameters it always takes."""
+
+    sql: str
+    constants: dict[str, Any]
+
+
+# The timestamp columns of the jobs table and of the record-and-pass row: psycopg gives
+# them in the session's time zone, queuetopia in UTC.
+_PG_TIMES = (
+    "attempted_at",
+    "next_attempt_at",
+    "scheduled_at",
+    "done_at",
+    "inserted_at",
+    "ended_at",
+    "failing_since",
+    "progress_at",
+    "db_now",
+    "prior_attempted_at",
+    "prior_next_attempt_at",
+    "prior_progress_at",
+    "lock_until",
+)
+
+
 class ClaimStore:
     """The scheduler's statements for one scope and one node.
 
@@ -160,6 +280,11 @@ class ClaimStore:
             )
         )
         self._release_lock = locks.delete().where(self._lock_row)
+        self._record_and_pass = (
+            record_and_pass_statement(self.db.tables, self.scope, self.node)
+            if self.db.dialect == "postgresql"
+            else None
+        )
         self._start_attempt = (
             jobs.update()
             .where(jobs.c.id == sa.bindparam("b_job_id"))
@@ -400,7 +525,8 @@ class ClaimStore:
 
         The second value is the next claim; else the lock was released, and it is
         `NotDue` or `Interrupted` for the next job, or None when nothing is due (the
-        queue is empty or suspended, or the lock was lost).
+        queue is empty or suspended, or the lock was lost). On PostgreSQL, where this is
+        one statement, a next job that is not due or was interrupted gives None too.
         """
         return self._record_success(claim, result, claim_next=True)
 
@@ -409,6 +535,9 @@ class ClaimStore:
     ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
         job = claim.job
         key = {"b_queue": job.queue, "b_token": claim.token}
+
+        if claim_next and self._record_and_pass is not None:
+            return self._record_and_pass_in_one(claim, result)
 
         def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
             with self.db.transaction() as conn:
@@ -441,6 +570,58 @@ class ClaimStore:
                 if not isinstance(following, Claim):
                     conn.execute(self._release_lock, key)
             return done, following
+
+        return self.db.retrying(run)
+
+    def _record_and_pass_in_one(
+        self, claim: Claim, result: Any
+    ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
+        """PostgreSQL: `record_success_and_claim` as one autocommitted statement (one
+        round trip). A next job that is not due or whose last attempt was interrupted is
+        left alone and the lock released: the runner then ends, and the poll it triggers
+        finds that queue again."""
+        job = claim.job
+        statement = self._record_and_pass
+        assert statement is not None
+        params = {
+            "job_id": job.id,
+            "attempts": job.attempts,
+            "result": None if result is None else json.dumps(result),
+            "queue": job.queue,
+            "token": claim.token,
+        }
+
+        def run() -> tuple[Job | None, Claim | None]:
+            with self.db.raw_autocommit() as dbapi:
+                started = time.monotonic()
+                cursor = dbapi.execute(statement.sql, {**statement.constants, **params})
+                names = [d.name for d in cursor.description]
+                row = dict(zip(names, cursor.fetchone(), strict=True))
+            for name in _PG_TIMES:
+                if row[name] is not None:
+                    row[name] = row[name].astimezone(UTC)
+            now: datetime = row["db_now"]
+            done = None
+            if row["done_count"] == 1:
+                done = replace(job, done_at=now, outcome=None, ended_at=None, result=result)
+            if row["id"] is None:
+                return done, None
+            following = job_from_mapping(row)
+            prior = replace(
+                following,
+                attempts=following.attempts - 1,
+                attempted_at=row["prior_attempted_at"],
+                attempted_by=row["prior_attempted_by"],
+                next_attempt_at=row["prior_next_attempt_at"],
+                progress=None
+                if row["prior_progress_at"] is None
+                else Progress(
+                    row["prior_progress_message"],
+                    row["prior_progress_fraction"],
+                    row["prior_progress_at"],
+                ),
+            )
+            return done, Claim(following, claim.token, row["lock_until"], started, prior=prior)
 
         return self.db.retrying(run)
 

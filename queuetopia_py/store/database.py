@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -277,6 +278,43 @@ class Database:
                 yield conn.execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError as exc:
             raise translate(exc) from exc
+
+    @contextmanager
+    def raw_autocommit(self) -> Iterator[Any]:
+        """The DB-API connection under this thread's pinned connection (or a pooled one),
+        in autocommit mode, for the few hot statements run without SQLAlchemy's
+        execution layer. Driver errors come out as `transaction` raises them."""
+        pinned: Connection | None = getattr(self._local, "connection", None)
+        with contextlib.ExitStack() as stack:
+            try:
+                conn = pinned if pinned is not None else stack.enter_context(self.engine.connect())
+                if conn.invalidated and conn.in_transaction():
+                    conn.rollback()
+                dbapi = conn.connection.dbapi_connection
+            except DBAPIError as exc:
+                raise translate(exc) from exc
+            assert dbapi is not None
+            driver_error = self.engine.dialect.loaded_dbapi.Error
+            try:
+                dbapi.autocommit = True
+                try:
+                    yield dbapi
+                finally:
+                    if not dbapi.closed:
+                        dbapi.autocommit = False
+            except driver_error as exc:
+                lost = self.engine.dialect.is_disconnect(exc, dbapi, None)
+                if lost:
+                    conn.invalidate(exc)
+                wrapped = DBAPIError.instance(
+                    None,
+                    None,
+                    exc,
+                    driver_error,
+                    connection_invalidated=lost,
+                    dialect=self.engine.dialect,
+                )
+                raise translate(wrapped) from exc
 
     @contextmanager
     def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:

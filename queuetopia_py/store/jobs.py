@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +25,11 @@ def _us(delta: timedelta) -> int:
 
 def row_to_job(row: Row[Any]) -> Job:
     """Build a `Job` value from a row of the jobs table."""
-    m = row._mapping
+    return job_from_mapping(row._mapping)
+
+
+def job_from_mapping(m: Mapping[Any, Any]) -> Job:
+    """Build a `Job` value from a jobs table row's values by column name (UTC times)."""
     return Job(
         id=m["id"],
         scope=m["scope"],

@@ -11,7 +11,7 @@ import pytest
 from recording import Recorder, wait_until
 from sqlalchemy import event
 
-from queuetopia_py import Job, Performer, Queuetopia
+from queuetopia_py import Job, Performer, Queuetopia, scheduler
 from queuetopia_py.store.database import create_engine
 
 
@@ -338,9 +338,9 @@ def test_a_performer_that_raises_never_stops_the_scheduler(
     assert queue.running
 
 
-def test_a_busy_queue_does_not_starve_others_when_every_runner_is_taken(
-    make_queue: Callable,
-) -> None:
+def _busy_and_other(make_queue: Callable) -> list[object]:
+    """Six jobs of "busy" and one of "other" on a node with one runner: the order in
+    which they start."""
     recorder = Recorder()
     queue = make_queue(performer=recorder, max_concurrency=1)
     for i in range(3):
@@ -350,8 +350,24 @@ def test_a_busy_queue_does_not_starve_others_when_every_runner_is_taken(
         queue.create_job("busy", "a", {"i": i})
     queue.start()
     recorder.wait(lambda r: len(r.finished) == 7)
+    return [j.params["i"] for j in recorder.started]
+
+
+def test_a_busy_queue_does_not_starve_others_when_every_runner_is_taken(
+    make_queue: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs slower than a turn: the runner hands "busy" back after each job.
+    monkeypatch.setattr(scheduler, "_TURN", 0.0)
     # Round robin between the due queues: "other" gets the runner after one "busy" job.
-    assert [j.params["i"] for j in recorder.started] == [0, "other", 1, 2, 3, 4, 5]
+    assert _busy_and_other(make_queue) == [0, "other", 1, 2, 3, 4, 5]
+
+
+def test_a_queue_keeps_its_runner_for_its_turn(
+    make_queue: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs much faster than a turn: "busy" runs on until it has nothing due.
+    monkeypatch.setattr(scheduler, "_TURN", 600.0)
+    assert _busy_and_other(make_queue) == [0, 1, 2, 3, 4, 5, "other"]
 
 
 def test_the_cleaner_runs_on_its_interval_when_enabled(make_queue: Callable) -> None:
