@@ -109,34 +109,21 @@ class Recorded:
     moved_to: Job | None = None
 
 
-def record_and_pass_statement(tables: Tables, scope: str, node: str) -> RawStatement:
-    """PostgreSQL: record a success and pass the queue's lock to its next job in one
-    statement, its data-modifying CTEs seeing one snapshot and one `now()`.
-
-    `done` records the success (fenced by `attempts`); `head` locks the queue's next job
-    (never the one just done: it is still pending in this snapshot) if it is due and has
-    attempts left, and only if the success was recorded; `passed` moves our lock to it
-    (fenced by our token); `released` deletes our lock when nothing follows; `started`
-    counts the new attempt exactly as `ClaimStore.claim` does (`default_backoff` and
-    `lock_lifetime` in SQL). Returns one row: the counts, the time, and the started job
-    (NULLs when none) with the values it had before.
-    """
-    jobs, locks, suspensions = tables.jobs.name, tables.locks.name, tables.suspensions.name
-    margin_us = defaults.LOCK_MARGIN // timedelta(microseconds=1)
-    sql = f"""
-WITH done AS (
-    UPDATE {jobs} SET done_at = now(), outcome = NULL, ended_at = NULL,
-        result = CAST(:result AS json)
-    WHERE id = :job_id AND attempts = :attempts AND done_at IS NULL
-    RETURNING id
-), head AS (
-    SELECT j.id, j.timeout_us, j.attempted_at, j.attempted_by, j.next_attempt_at,
-        j.progress_message, j.progress_fraction, j.progress_at
+def _pg_head(tables: Tables, *, passing: bool) -> str:
+    """PostgreSQL: the `head` CTE, locking the queue's next job (skipping it if another
+    node is claiming it). While passing the lock, the job being recorded (`:job_id`) is
+    left out: it is still pending in the statement's snapshot."""
+    jobs, suspensions = tables.jobs.name, tables.suspensions.name
+    current = "AND h.id <> :job_id" if passing else ""
+    return f"""head AS (
+    SELECT j.id, j.timeout_us, j.next_attempt_at, j.attempts, j.round_start,
+        j.max_attempts, j.attempted_at, j.attempted_by, j.progress_message,
+        j.progress_fraction, j.progress_at
     FROM {jobs} AS j
     WHERE j.id = (
         SELECT h.id FROM {jobs} AS h
         WHERE h.scope = :scope AND h.queue = :queue AND h.done_at IS NULL
-            AND h.outcome IS NULL AND h.id <> :job_id
+            AND h.outcome IS NULL {current}
             AND NOT EXISTS (
                 SELECT 1 FROM {suspensions} AS s
                 WHERE s.scope = h.scope AND s.queue IN (h.queue, :whole_scope)
@@ -145,23 +132,16 @@ WITH done AS (
         LIMIT 1
     )
         AND j.done_at IS NULL AND j.outcome IS NULL
-        AND j.next_attempt_at <= now()
-        AND j.attempts - j.round_start < j.max_attempts
-        AND EXISTS (SELECT 1 FROM done)
+        {"AND EXISTS (SELECT 1 FROM done)" if passing else ""}
     FOR UPDATE SKIP LOCKED
-), passed AS (
-    UPDATE {locks} AS l SET job_id = head.id, locked_at = now(),
-        locked_until = now() + (head.timeout_us + {margin_us}) * interval '1 microsecond'
-    FROM head
-    WHERE l.scope = :scope AND l.queue = :queue AND l.token = :token
-    RETURNING l.job_id, l.locked_until
-), released AS (
-    DELETE FROM {locks}
-    WHERE scope = :scope AND queue = :queue AND token = :token
-        AND NOT EXISTS (SELECT 1 FROM head)
-    RETURNING 1
-), started AS (
-    UPDATE {jobs} AS j SET attempts = j.attempts + 1, attempted_at = now(),
+)"""
+
+
+def _pg_start(tables: Tables, lock: str) -> str:
+    """PostgreSQL: the `started` CTE, counting the attempt of the job whose lock the CTE
+    `lock` returns, exactly as `ClaimStore._start` does (`default_backoff` in SQL)."""
+    return f"""started AS (
+    UPDATE {tables.jobs.name} AS j SET attempts = j.attempts + 1, attempted_at = now(),
         attempted_by = :node,
         next_attempt_at = now() + LEAST(
             (CAST(power(2, LEAST(GREATEST(j.attempts - j.round_start, 0), 40)) AS bigint) + 1)
@@ -169,26 +149,137 @@ WITH done AS (
             j.max_backoff_us
         ) * interval '1 microsecond',
         progress_message = NULL, progress_fraction = NULL, progress_at = NULL
-    FROM passed
-    WHERE j.id = passed.job_id
-    RETURNING j.*, passed.locked_until AS lock_until
-)
-SELECT (SELECT count(*) FROM done) AS done_count,
-    (SELECT count(*) FROM released) AS released_count,
-    now() AS db_now,
+    FROM {lock}
+    WHERE j.id = {lock}.job_id
+    RETURNING j.*, {lock}.locked_until AS lock_until
+)"""
+
+
+# What the statements return besides the started job: the head as it was before.
+_PG_PRIOR = """
+    head.id AS head_id, head.next_attempt_at AS head_next_attempt_at,
+    head.attempts - head.round_start >= head.max_attempts AS head_exhausted,
     head.attempted_at AS prior_attempted_at, head.attempted_by AS prior_attempted_by,
     head.next_attempt_at AS prior_next_attempt_at,
     head.progress_message AS prior_progress_message,
     head.progress_fraction AS prior_progress_fraction,
     head.progress_at AS prior_progress_at,
-    started.*
-FROM (SELECT 1) AS one
-    LEFT JOIN started ON true
-    LEFT JOIN head ON head.id = started.id
-"""
+    started.*"""
+
+_MARGIN_US = defaults.LOCK_MARGIN // timedelta(microseconds=1)
+# `lock_lifetime` of the head, from now.
+_LOCK_LIFETIME_SQL = f"now() + (head.timeout_us + {_MARGIN_US}) * interval '1 microsecond'"
+
+
+def _raw(sql: str, scope: str, node: str) -> RawStatement:
     constants = {"scope": scope, "node": node, "whole_scope": WHOLE_SCOPE}
     # psycopg's own placeholders: the statement runs on the driver directly.
     return RawStatement(re.sub(r":(\w+)", r"%(\1)s", sql), constants)
+
+
+def claim_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+    """PostgreSQL: `ClaimStore.claim` as one statement. `head` locks the queue's head;
+    `lock` takes the queue's lock for it if it is due and has attempts left (taking over
+    an expired lock in place); `started` counts the attempt. A head that is not due,
+    or whose last attempt was interrupted, is only reported."""
+    locks = tables.locks.name
+    sql = f"""
+WITH {_pg_head(tables, passing=False)}, lock AS (
+    INSERT INTO {locks} AS l (scope, queue, token, locked_at, locked_by_node, locked_until,
+        job_id)
+    SELECT :scope, :queue, :token, now(), :node, {_LOCK_LIFETIME_SQL}, head.id
+    FROM head
+    WHERE head.next_attempt_at <= now()
+        AND head.attempts - head.round_start < head.max_attempts
+    ON CONFLICT (scope, queue) DO UPDATE SET token = EXCLUDED.token,
+        locked_at = EXCLUDED.locked_at, locked_by_node = EXCLUDED.locked_by_node,
+        locked_until = EXCLUDED.locked_until, job_id = EXCLUDED.job_id
+        WHERE l.locked_until <= now()
+    RETURNING l.job_id, l.locked_until
+), {_pg_start(tables, "lock")}
+SELECT now() AS db_now, 0 AS done_count, {_PG_PRIOR}
+FROM (SELECT 1) AS one
+    LEFT JOIN head ON true
+    LEFT JOIN started ON head.id = started.id
+"""
+    return _raw(sql, scope, node)
+
+
+def record_and_pass_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+    """PostgreSQL: record a success and pass the queue's lock to its next job in one
+    statement, its data-modifying CTEs seeing one snapshot and one `now()`.
+
+    `done` records the success (fenced by `attempts`); `head` locks the queue's next job
+    if the success was recorded; `passed` moves our lock to it (fenced by our token) if
+    it is due and has attempts left; `released` deletes our lock when nothing follows;
+    `started` counts the new attempt. Returns one row: the count of jobs done, the
+    time, the head as it was, and the started job (NULLs when none).
+    """
+    jobs, locks = tables.jobs.name, tables.locks.name
+    sql = f"""
+WITH done AS (
+    UPDATE {jobs} SET done_at = now(), outcome = NULL, ended_at = NULL,
+        result = CAST(:result AS json)
+    WHERE id = :job_id AND attempts = :attempts AND done_at IS NULL
+    RETURNING id
+), {_pg_head(tables, passing=True)}, passed AS (
+    UPDATE {locks} AS l SET job_id = head.id, locked_at = now(),
+        locked_until = {_LOCK_LIFETIME_SQL}
+    FROM head
+    WHERE l.scope = :scope AND l.queue = :queue AND l.token = :token
+        AND head.next_attempt_at <= now()
+        AND head.attempts - head.round_start < head.max_attempts
+    RETURNING l.job_id, l.locked_until
+), released AS (
+    DELETE FROM {locks}
+    WHERE scope = :scope AND queue = :queue AND token = :token
+        AND NOT EXISTS (SELECT 1 FROM passed)
+    RETURNING 1
+), {_pg_start(tables, "passed")}
+SELECT now() AS db_now, (SELECT count(*) FROM done) AS done_count,
+    (SELECT count(*) FROM released) AS released_count, {_PG_PRIOR}
+FROM (SELECT 1) AS one
+    LEFT JOIN head ON true
+    LEFT JOIN started ON head.id = started.id
+"""
+    return _raw(sql, scope, node)
+
+
+class _Exhausted:
+    """The head's last attempt was interrupted: left to the ordinary claim."""
+
+
+def _from_raw(
+    row: dict[str, Any], token: str, started: float
+) -> Claim | NotDue | Busy | _Exhausted | None:
+    """What a PostgreSQL claim (or lock pass) row says about the queue's head."""
+    if row["head_id"] is None:
+        return None  # empty, suspended, or being claimed by another node
+    now: datetime = row["db_now"]
+    if row["id"] is not None:
+        following = job_from_mapping(row)
+        progress = None
+        if row["prior_progress_at"] is not None:
+            progress = Progress(
+                row["prior_progress_message"],
+                row["prior_progress_fraction"],
+                row["prior_progress_at"],
+            )
+        prior = replace(
+            following,
+            attempts=following.attempts - 1,
+            attempted_at=row["prior_attempted_at"],
+            attempted_by=row["prior_attempted_by"],
+            next_attempt_at=row["prior_next_attempt_at"],
+            progress=progress,
+        )
+        return Claim(following, token, row["lock_until"], started, prior=prior)
+    waits: datetime | None = row["head_next_attempt_at"]
+    if not is_due(waits, now):
+        return NotDue(None if waits is None else waits - now)
+    if row["head_exhausted"]:
+        return _Exhausted()
+    return Busy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +306,7 @@ _PG_TIMES = (
     "prior_next_attempt_at",
     "prior_progress_at",
     "lock_until",
+    "head_next_attempt_at",
 )
 
 
@@ -280,11 +372,12 @@ class ClaimStore:
             )
         )
         self._release_lock = locks.delete().where(self._lock_row)
+        postgresql = self.db.dialect == "postgresql"
+        tables = self.db.tables
         self._record_and_pass = (
-            record_and_pass_statement(self.db.tables, self.scope, self.node)
-            if self.db.dialect == "postgresql"
-            else None
+            record_and_pass_statement(tables, self.scope, self.node) if postgresql else None
         )
+        self._claim_one = claim_statement(tables, self.scope, self.node) if postgresql else None
         self._start_attempt = (
             jobs.update()
             .where(jobs.c.id == sa.bindparam("b_job_id"))
@@ -399,6 +492,11 @@ class ClaimStore:
 
         None when the queue is empty or its head is being claimed by another node.
         """
+
+        if self._claim_one is not None:
+            quick = self._claim_in_one(queue)
+            if not isinstance(quick, _Exhausted):
+                return quick
 
         def run() -> Claim | NotDue | Busy | Interrupted | None:
             try:
@@ -577,12 +675,11 @@ class ClaimStore:
         self, claim: Claim, result: Any
     ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
         """PostgreSQL: `record_success_and_claim` as one autocommitted statement (one
-        round trip). A next job that is not due or whose last attempt was interrupted is
-        left alone and the lock released: the runner then ends, and the poll it triggers
-        finds that queue again."""
+        round trip). A next job whose last attempt was interrupted is left to the
+        ordinary claim (None: the runner moves on, and the poll it triggers finds that
+        queue again)."""
         job = claim.job
-        statement = self._record_and_pass
-        assert statement is not None
+        assert self._record_and_pass is not None
         params = {
             "job_id": job.id,
             "attempts": job.attempts,
@@ -591,39 +688,43 @@ class ClaimStore:
             "token": claim.token,
         }
 
-        def run() -> tuple[Job | None, Claim | None]:
-            with self.db.raw_autocommit() as dbapi:
-                started = time.monotonic()
-                cursor = dbapi.execute(statement.sql, {**statement.constants, **params})
-                names = [d.name for d in cursor.description]
-                row = dict(zip(names, cursor.fetchone(), strict=True))
-            for name in _PG_TIMES:
-                if row[name] is not None:
-                    row[name] = row[name].astimezone(UTC)
-            now: datetime = row["db_now"]
-            done = None
-            if row["done_count"] == 1:
-                done = replace(job, done_at=now, outcome=None, ended_at=None, result=result)
-            if row["id"] is None:
-                return done, None
-            following = job_from_mapping(row)
-            prior = replace(
-                following,
-                attempts=following.attempts - 1,
-                attempted_at=row["prior_attempted_at"],
-                attempted_by=row["prior_attempted_by"],
-                next_attempt_at=row["prior_next_attempt_at"],
-                progress=None
-                if row["prior_progress_at"] is None
-                else Progress(
-                    row["prior_progress_message"],
-                    row["prior_progress_fraction"],
-                    row["prior_progress_at"],
-                ),
-            )
-            return done, Claim(following, claim.token, row["lock_until"], started, prior=prior)
+        def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
+            assert self._record_and_pass is not None
+            row, started = self._run_raw(self._record_and_pass, params)
+            if row["done_count"] != 1:
+                return None, None
+            done = replace(job, done_at=row["db_now"], outcome=None, ended_at=None, result=result)
+            following = _from_raw(row, claim.token, started)
+            return done, None if isinstance(following, Busy | _Exhausted) else following
 
         return self.db.retrying(run)
+
+    def _claim_in_one(self, queue: str) -> Claim | NotDue | Busy | _Exhausted | None:
+        """PostgreSQL: `claim` as one autocommitted statement (one round trip)."""
+        assert self._claim_one is not None
+        params = {"queue": queue, "token": uuid.uuid4().hex}
+
+        def run() -> Claim | NotDue | Busy | _Exhausted | None:
+            assert self._claim_one is not None
+            row, started = self._run_raw(self._claim_one, params)
+            return _from_raw(row, params["token"], started)
+
+        return self.db.retrying(run)
+
+    def _run_raw(
+        self, statement: RawStatement, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], float]:
+        """Run one of the PostgreSQL statements on the driver, autocommitted: its one
+        row by column name (times in UTC), and the monotonic time taken before it ran."""
+        with self.db.raw_autocommit() as dbapi:
+            started = time.monotonic()
+            cursor = dbapi.execute(statement.sql, {**statement.constants, **params})
+            names = [d.name for d in cursor.description]
+            row = dict(zip(names, cursor.fetchone(), strict=True))
+        for name in _PG_TIMES:
+            if row.get(name) is not None:
+                row[name] = row[name].astimezone(UTC)
+        return row, started
 
     def _pass(
         self, conn: sa.Connection, claim: Claim, head: Job, now: datetime, started: float
