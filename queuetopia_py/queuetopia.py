@@ -289,8 +289,7 @@ class Queuetopia:
 
         def insert() -> Job:
             if announcing is not None:  # one statement, committed by itself
-                with self._db.autocommit() as conn:
-                    return self._jobs.insert(conn, new, announcing=announcing)
+                return self._jobs.insert_announced(new, announcing)
             with self._db.transaction() as conn:
                 return self._jobs.insert(conn, new)
 

@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Row
 from queuetopia_py.errors import InvalidJobError
 from queuetopia_py.job import GIVE_UP, LISTED_STATES, Intervention, Job, NewJob, Progress
 from queuetopia_py.schema import UtcDateTime
-from queuetopia_py.store.announcements import notify
+from queuetopia_py.store.announcements import channel, notify
 from queuetopia_py.store.database import Database
 
 
@@ -128,11 +128,25 @@ class JobStore:
         self.db = db
         self.scope = scope
         self.jobs = db.tables.jobs
+        jobs = self.jobs
         self._insert = self._build_insert()
-        self._insert_returning = self._insert.returning(*self.jobs.c)
+        inserted = (jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at)
+        self._inserted = sa.select(*inserted)
+        self._insert_returning = self._insert.returning(*inserted)
         created = self._insert_returning.cte("created")
         self._insert_announcing = sa.select(
             created, notify(db.tables, sa.bindparam("b_payload")).label("announced")
+        )
+        self._insert_announced_sql = (
+            f"WITH created AS (INSERT INTO {jobs.name} (scope, queue, action, params,"
+            " timeout_us, max_backoff_us, max_attempts, on_failure, attempts, scheduled_at,"
+            " next_attempt_at, inserted_at) VALUES (%(scope)s, %(queue)s, %(action)s,"
+            " CAST(%(params)s AS json), %(timeout_us)s, %(max_backoff_us)s, %(max_attempts)s,"
+            " %(on_failure)s, 0, coalesce(CAST(%(scheduled_at)s AS timestamptz), now()),"
+            " coalesce(CAST(%(scheduled_at)s AS timestamptz), now()), now())"
+            " RETURNING id, scheduled_at, inserted_at)"
+            " SELECT id, scheduled_at, inserted_at,"
+            " CAST(pg_notify(%(channel)s, %(payload)s) AS text) FROM created"
         )
 
     def _build_insert(self) -> sa.Insert:
@@ -158,11 +172,9 @@ class JobStore:
         )
 
     def insert(self, conn: Connection, new: NewJob, *, announcing: str | None = None) -> Job:
-        """Insert one job; its `scheduled_at` defaults to the database's now.
-
-        `announcing` (PostgreSQL) is an announcement payload sent with NOTIFY by the same
-        statement, so that a single statement in autocommit mode creates and announces.
-        """
+        """Insert one job in `conn`'s transaction; its `scheduled_at` defaults to the
+        database's now. `announcing` (PostgreSQL) is an announcement payload that the
+        same statement sends with NOTIFY."""
         jobs = self.jobs
         values = {
             "b_queue": new.queue,
@@ -176,11 +188,36 @@ class JobStore:
         }
         if announcing is not None:
             values["b_payload"] = announcing
-            return row_to_job(conn.execute(self._insert_announcing, values).one())
-        if conn.dialect.insert_returning:
-            return row_to_job(conn.execute(self._insert_returning, values).one())
-        (job_id,) = conn.execute(self._insert, values).inserted_primary_key or (None,)
-        return row_to_job(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one())
+            row = conn.execute(self._insert_announcing, values).one()
+        elif conn.dialect.insert_returning:
+            row = conn.execute(self._insert_returning, values).one()
+        else:
+            (job_id,) = conn.execute(self._insert, values).inserted_primary_key or (None,)
+            row = conn.execute(self._inserted.where(jobs.c.id == job_id)).one()
+        return _new_job(self.scope, new, row[0], row[1], row[2])
+
+    def insert_announced(self, new: NewJob, announcing: str) -> Job:
+        """PostgreSQL: insert one job and announce it (`announcing` is the payload) with
+        one autocommitted statement run on the driver: one round trip."""
+        sql = self._insert_announced_sql
+        params = {
+            "scope": self.scope,
+            "queue": new.queue,
+            "action": new.action,
+            "params": json.dumps(new.params, separators=(",", ":")),
+            "timeout_us": _us(new.timeout),
+            "max_backoff_us": _us(new.max_backoff),
+            "max_attempts": new.max_attempts,
+            "on_failure": new.on_failure,
+            "scheduled_at": new.scheduled_at,
+            "channel": channel(self.db.tables),
+            "payload": announcing,
+        }
+        with self.db.raw_autocommit() as dbapi:
+            job_id, scheduled_at, inserted_at, _ = dbapi.execute(sql, params).fetchone()
+        return _new_job(
+            self.scope, new, job_id, scheduled_at.astimezone(UTC), inserted_at.astimezone(UTC)
+        )
 
     def insert_many(self, conn: Connection, news: Sequence[NewJob]) -> list[Job]:
         """Insert jobs in one statement, their ids (so their order in a queue) following
