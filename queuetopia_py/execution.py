@@ -14,6 +14,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -86,17 +87,21 @@ class Executor(Protocol):
         ...
 
 
-class ThreadExecutor:
-    """Runs each attempt on its own daemon thread of this process."""
+class _AttemptThread:
+    """A daemon thread that runs a runner's attempts one after the other. It is given up
+    (told to end once its attempt returns) when an attempt outlives its deadline."""
 
     def __init__(self, performer: Performer) -> None:
         self.performer = performer
+        self._inbox: queue.SimpleQueue[tuple[Job, Reporter | None, Future[object]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.thread = threading.Thread(target=self._loop, name="queuetopia-perform", daemon=True)
+        self.thread.start()
 
-    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
-        """Run the attempt on a new thread and wait for it until `deadline`."""
-        future: Future[object] = Future()
-
-        def target() -> None:
+    def _loop(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            job, progress, future = item
             future.set_running_or_notify_cancel()
             try:
                 with reporting(progress):
@@ -104,17 +109,46 @@ class ThreadExecutor:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        thread = threading.Thread(
-            target=target, name=f"queuetopia-perform-{job.queue}-{job.id}", daemon=True
-        )
-        thread.start()
+    def submit(self, job: Job, progress: Reporter | None) -> Future[object]:
+        future: Future[object] = Future()
+        self._inbox.put((job, progress, future))
+        return future
+
+    def end(self) -> None:
+        """End the thread once its current attempt (if any) returns."""
+        self._inbox.put(None)
+
+
+class ThreadExecutor:
+    """Runs attempts on threads of this process: each runner thread hands its attempts
+    to an attempt thread of its own, replaced when an attempt outlives its timeout."""
+
+    def __init__(self, performer: Performer) -> None:
+        self.performer = performer
+        self._local = threading.local()
+
+    def _worker(self) -> _AttemptThread:
+        worker: _AttemptThread | None = getattr(self._local, "worker", None)
+        if worker is None:
+            worker = self._local.worker = _AttemptThread(self.performer)
+        return worker
+
+    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
+        """Run the attempt on this runner's attempt thread and wait for it until
+        `deadline`."""
+        worker = self._worker()
+        future = worker.submit(job, progress)
         try:
             value = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
+            # The thread cannot be stopped: it ends after this attempt returns, and the
+            # runner's next attempt gets a new one.
+            self._local.worker = None
+            worker.end()
 
             def wait_stopped(seconds: float) -> bool:
-                thread.join(seconds)
-                return not thread.is_alive()
+                worker.thread.join(seconds)
+                return not worker.thread.is_alive()
 
             return Outcome(defaults.TIMEOUT_ERROR, timed_out=True, wait_stopped=wait_stopped)
         except BaseException as exc:
@@ -122,13 +156,17 @@ class ThreadExecutor:
         return succeeded(value)
 
     def prepare(self) -> None:
-        """Nothing to prepare: each attempt gets a new thread."""
+        """Nothing to prepare: the attempt thread starts with the first attempt."""
 
     def release(self) -> None:
-        """Nothing held."""
+        """End this runner's attempt thread."""
+        worker: _AttemptThread | None = getattr(self._local, "worker", None)
+        if worker is not None:
+            self._local.worker = None
+            worker.end()
 
     def close(self) -> None:
-        """Nothing to release: attempt threads end by themselves."""
+        """Nothing to release: runners end their attempt threads."""
 
 
 class InlineExecutor:
