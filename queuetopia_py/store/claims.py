@@ -151,11 +151,12 @@ def _pg_start(tables: Tables, lock: str) -> str:
         progress_message = NULL, progress_fraction = NULL, progress_at = NULL
     FROM {lock}
     WHERE j.id = {lock}.job_id
-    RETURNING j.*, {lock}.locked_until AS lock_until
+    RETURNING {", ".join(f"j.{c.name}" for c in tables.jobs.c)}, {lock}.locked_until AS lock_until
 )"""
 
 
-# What the statements return besides the started job: the head as it was before.
+# What the statements return: the head as it was before, and the started job. Columns
+# are named, never `*`: a prepared statement's result must not change with the schema.
 _PG_PRIOR = """
     head.id AS head_id, head.next_attempt_at AS head_next_attempt_at,
     head.attempts - head.round_start >= head.max_attempts AS head_exhausted,
@@ -164,7 +165,7 @@ _PG_PRIOR = """
     head.progress_message AS prior_progress_message,
     head.progress_fraction AS prior_progress_fraction,
     head.progress_at AS prior_progress_at,
-    started.*"""
+    started.*"""  # the columns that `started` names
 
 _MARGIN_US = defaults.LOCK_MARGIN // timedelta(microseconds=1)
 # `lock_lifetime` of the head, from now.
