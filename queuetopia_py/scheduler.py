@@ -39,6 +39,10 @@ _EXTRA_LISTED = 100
 # (then hands it to the end of the line): fast jobs run many to a turn, and a slow job
 # gives its turn up after each job.
 _TURN = 0.05
+# A runner that finds no queue to go on with waits this long to be handed one (by an
+# announcement or a poll) before it ends: a warm runner, with its attempt thread and its
+# connection, starts new work sooner than a new thread.
+_RUNNER_IDLE = 2.0
 # A queue whose runner failed outside an attempt (database down, worker process that
 # cannot start) is left aside this long, so that a lasting failure does not spin.
 _RUNNER_ERROR_PAUSE = 5.0
@@ -85,6 +89,9 @@ class Scheduler:
         self._not_due: dict[str, float] = {}
         # Running queues offered new work: their runner claims again before leaving them.
         self._recheck: set[str] = set()
+        # Runners waiting for a queue, and the queues handed to them (already active).
+        self._idle_runners = 0
+        self._handoffs: deque[str] = deque()
         self._active_lock = threading.Lock()
         self._idle = threading.Condition(self._active_lock)
         self._dispatcher: threading.Thread | None = None
@@ -133,7 +140,9 @@ class Scheduler:
         if self.state is RunState.STOPPED:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.state = RunState.STOPPING
+        with self._idle:
+            self.state = RunState.STOPPING
+            self._idle.notify_all()  # idle runners end
         if self._triggers is not None:
             self._triggers.shutdown(wait=False)
         self._wake.set()
@@ -182,7 +191,7 @@ class Scheduler:
                 self._recheck.add(queue)
             elif len(self._active) < self.max_concurrency:
                 self._active.add(queue)
-                start = True
+                start = self._launch_locked(queue)
             elif queue not in self._waiting:
                 self._waiting.append(queue)
         if start:
@@ -235,7 +244,8 @@ class Scheduler:
             while self._waiting and len(self._active) < self.max_concurrency:
                 queue = self._waiting.popleft()
                 self._active.add(queue)
-                to_start.append(queue)
+                if self._launch_locked(queue):
+                    to_start.append(queue)
             next_local = min(self._not_due.values(), default=None)
         for queue in to_start:
             self._start_runner(queue)
@@ -245,6 +255,15 @@ class Scheduler:
         # The interval trigger wakes the dispatcher anyway; a far-off due time (a job
         # scheduled years ahead) must not overflow the wait.
         return max(0.0, min(*waits, self.poll_interval)) if waits else None
+
+    def _launch_locked(self, queue: str) -> bool:
+        """Hand the newly active `queue` to an idle runner if one waits; else say that a
+        runner thread must be started for it (outside the lock)."""
+        if self._idle_runners > len(self._handoffs):
+            self._handoffs.append(queue)
+            self._idle.notify_all()
+            return False
+        return True
 
     def _start_runner(self, queue: str) -> None:
         threading.Thread(
@@ -283,7 +302,31 @@ class Scheduler:
                     self._active.add(candidate)
                     return candidate
             self._idle.notify_all()
+            return self._wait_for_handoff()
+
+    def _wait_for_handoff(self) -> str | None:
+        """Called with the lock held by a runner that has no queue: wait a while to be
+        handed one; None when none came (or stopping began) and the runner ends."""
+        if self.state is not RunState.RUNNING:
             return None
+        self.wake()  # a runner is free: let the dispatcher look for due queues
+        self._idle_runners += 1
+        try:
+            self._idle.wait_for(
+                lambda: bool(self._handoffs) or self.state is not RunState.RUNNING,
+                _RUNNER_IDLE,
+            )
+        finally:
+            self._idle_runners -= 1
+        if self._handoffs and self.state is RunState.RUNNING:
+            return self._handoffs.popleft()
+        if self.state is not RunState.RUNNING:
+            # Queues handed to runners that will not take them are not running.
+            for queue in self._handoffs:
+                self._active.discard(queue)
+            self._handoffs.clear()
+            self._idle.notify_all()
+        return None
 
     def _run(self, first: str) -> None:
         queue: str | None = first

@@ -425,3 +425,19 @@ def test_time_spent_waiting_to_claim_does_not_count_against_the_attempt(
     wait_until(lambda: not queue.get_job(job.id).pending, 30, "job recorded")
     stored = queue.get_job(job.id)
     assert stored.done and stored.attempts == 1 and stored.error is None
+
+
+def test_a_runner_waits_a_while_for_new_work_before_it_ends(make_queue: Callable) -> None:
+    threads: list[threading.Thread] = []
+    recorder = Recorder(lambda job: threads.append(threading.current_thread()))
+    queue = make_queue(performer=recorder, poll_interval=60)
+    queue.start()
+    first = queue.create_job("a", "x", {})
+    wait_until(lambda: queue.get_job(first.id).done)  # type: ignore[union-attr]
+
+    queue.create_job("b", "x", {})  # another queue, offered to the idle runner
+
+    recorder.wait(lambda r: len(r.finished) == 2)
+    # The same runner (so the same attempt thread) ran both: no thread was started.
+    assert threads[0] is threads[1]
+    assert queue.stop(timeout=10)
