@@ -331,6 +331,8 @@ class Page:
 def to_result(value: object) -> tuple[Any, str | None]:
     """The JSON value stored for what `perform` returned, and, when it is not JSON (then
     None is stored), why."""
+    if value is None or isinstance(value, bool | int | str):
+        return value, None  # the common results, JSON as they are
     try:
         _check_json("result", value, 0)
         return json.loads(json.dumps(value, allow_nan=False)), None

@@ -167,6 +167,14 @@ _PG_PRIOR = """
     head.progress_at AS prior_progress_at,
     started.*"""  # the columns that `started` names
 
+# A success, fenced by the attempt it records (a job aborted meanwhile is done too).
+_PG_DONE = """
+    UPDATE {jobs} SET done_at = now(), outcome = NULL, ended_at = NULL,
+        result = CAST(:result AS json)
+    WHERE id = :job_id AND attempts = :attempts AND done_at IS NULL
+    RETURNING id
+"""
+
 _MARGIN_US = defaults.LOCK_MARGIN // timedelta(microseconds=1)
 # `lock_lifetime` of the head, from now.
 _LOCK_LIFETIME_SQL = f"now() + (head.timeout_us + {_MARGIN_US}) * interval '1 microsecond'"
@@ -206,6 +214,21 @@ FROM (SELECT 1) AS one
     return _raw(sql, scope, node)
 
 
+def record_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+    """PostgreSQL: `record_success` as one statement: the success (fenced by `attempts`)
+    and the release of our lock (fenced by our token)."""
+    sql = f"""
+WITH done AS ({_PG_DONE.format(jobs=tables.jobs.name)}), released AS (
+    DELETE FROM {tables.locks.name}
+    WHERE scope = :scope AND queue = :queue AND token = :token
+    RETURNING 1
+)
+SELECT now() AS db_now, (SELECT count(*) FROM done) AS done_count,
+    (SELECT count(*) FROM released) AS released_count
+"""
+    return _raw(sql, scope, node)
+
+
 def record_and_pass_statement(tables: Tables, scope: str, node: str) -> RawStatement:
     """PostgreSQL: record a success and pass the queue's lock to its next job in one
     statement, its data-modifying CTEs seeing one snapshot and one `now()`.
@@ -218,12 +241,7 @@ def record_and_pass_statement(tables: Tables, scope: str, node: str) -> RawState
     """
     jobs, locks = tables.jobs.name, tables.locks.name
     sql = f"""
-WITH done AS (
-    UPDATE {jobs} SET done_at = now(), outcome = NULL, ended_at = NULL,
-        result = CAST(:result AS json)
-    WHERE id = :job_id AND attempts = :attempts AND done_at IS NULL
-    RETURNING id
-), {_pg_head(tables, passing=True)}, passed AS (
+WITH done AS ({_PG_DONE.format(jobs=jobs)}), {_pg_head(tables, passing=True)}, passed AS (
     UPDATE {locks} AS l SET job_id = head.id, locked_at = now(),
         locked_until = {_LOCK_LIFETIME_SQL}
     FROM head
@@ -379,6 +397,7 @@ class ClaimStore:
             record_and_pass_statement(tables, self.scope, self.node) if postgresql else None
         )
         self._claim_one = claim_statement(tables, self.scope, self.node) if postgresql else None
+        self._record = record_statement(tables, self.scope, self.node) if postgresql else None
         self._start_attempt = (
             jobs.update()
             .where(jobs.c.id == sa.bindparam("b_job_id"))
@@ -635,8 +654,10 @@ class ClaimStore:
         job = claim.job
         key = {"b_queue": job.queue, "b_token": claim.token}
 
-        if claim_next and self._record_and_pass is not None:
-            return self._record_and_pass_in_one(claim, result)
+        if self._record_and_pass is not None:
+            if claim_next:
+                return self._record_and_pass_in_one(claim, result)
+            return self._record_in_one(claim, result), None
 
         def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
             with self.db.transaction() as conn:
@@ -672,6 +693,30 @@ class ClaimStore:
 
         return self.db.retrying(run)
 
+    def _record_in_one(self, claim: Claim, result: Any) -> Job | None:
+        """PostgreSQL: `record_success` as one autocommitted statement."""
+        job = claim.job
+        assert self._record is not None
+        params = self._record_params(claim, result)
+
+        def run() -> Job | None:
+            assert self._record is not None
+            row, _ = self._run_raw(self._record, params)
+            if row["done_count"] != 1:
+                return None
+            return replace(job, done_at=row["db_now"], outcome=None, ended_at=None, result=result)
+
+        return self.db.retrying(run)
+
+    def _record_params(self, claim: Claim, result: Any) -> dict[str, Any]:
+        return {
+            "job_id": claim.job.id,
+            "attempts": claim.job.attempts,
+            "result": None if result is None else json.dumps(result),
+            "queue": claim.job.queue,
+            "token": claim.token,
+        }
+
     def _record_and_pass_in_one(
         self, claim: Claim, result: Any
     ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
@@ -680,14 +725,7 @@ class ClaimStore:
         ordinary claim (None: the runner moves on, and the poll it triggers finds that
         queue again)."""
         job = claim.job
-        assert self._record_and_pass is not None
-        params = {
-            "job_id": job.id,
-            "attempts": job.attempts,
-            "result": None if result is None else json.dumps(result),
-            "queue": job.queue,
-            "token": claim.token,
-        }
+        params = self._record_params(claim, result)
 
         def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
             assert self._record_and_pass is not None
