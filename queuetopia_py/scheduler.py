@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 _ERROR_PAUSE = 0.5
 # A poll lists this many due queues beyond the free runners, so that runners go on
 # with waiting queues without polling again.
-_EXTRA_LISTED = 100
+_EXTRA_LISTED = 1000
 # While other queues wait for a runner, a runner goes on with its queue for this long
 # (then hands it to the end of the line): fast jobs run many to a turn, and a slow job
 # gives its turn up after each job.
