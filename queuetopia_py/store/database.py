@@ -167,6 +167,17 @@ def _setup_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_sqlite_writers: dict[str, threading.RLock] = {}
+_sqlite_writers_lock = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> threading.RLock:
+    """The lock this process's writers of one SQLite file queue on."""
+    key = str(engine.url.database)
+    with _sqlite_writers_lock:
+        return _sqlite_writers.setdefault(key, threading.RLock())
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -247,6 +258,12 @@ class Database:
         self.tables = tables or build_tables()
         self.dialect = engine.dialect.name
         self._local = threading.local()
+        # SQLite has one writer at a time, and every transaction here writes (BEGIN
+        # IMMEDIATE): this process's threads queue for it on a lock instead of in
+        # SQLite's busy handler, which sleeps and retries.
+        self._writer: contextlib.AbstractContextManager[Any] = (
+            _sqlite_writer(engine) if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
 
     def now(self) -> sa.ColumnElement[datetime]:
         """The database's current time as an SQL expression (SQLite: this machine's)."""
@@ -330,19 +347,23 @@ class Database:
             if connection is not None:
                 yield connection
                 return
-            pinned: Connection | None = getattr(self._local, "connection", None)
-            if pinned is not None:
-                if pinned.invalidated and pinned.in_transaction():
-                    pinned.rollback()  # the connection was lost: start over on a new one
-                with pinned.begin():
-                    yield pinned
-                return
-            with self.engine.begin() as conn:
-                yield conn
+            with self._writer:
+                yield from self._transaction()
         except DBAPIError as exc:
             raise translate(exc) from exc
         except NoSuchTableError as exc:
             raise translate(exc) from exc
+
+    def _transaction(self) -> Iterator[Connection]:
+        pinned: Connection | None = getattr(self._local, "connection", None)
+        if pinned is not None:
+            if pinned.invalidated and pinned.in_transaction():
+                pinned.rollback()  # the connection was lost: start over on a new one
+            with pinned.begin():
+                yield pinned
+            return
+        with self.engine.begin() as conn:
+            yield conn
 
     def retrying(
         self, fn: Callable[[], T], *, conflicts_only: bool = False, max_seconds: float = 30.0
