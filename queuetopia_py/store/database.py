@@ -380,6 +380,13 @@ class Database:
                 return False
             return is_rolled_back_conflict(cause) if conflicts_only else is_transient(cause)
 
+        # The first attempt runs without the retry machinery (the hot path succeeds).
+        try:
+            return fn()
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            logger.warning("transient database error, retrying: %s", exc)
         retryer = Retrying(
             retry=retry_if_exception(retryable),
             stop=stop_after_delay(max_seconds),
