@@ -15,6 +15,14 @@ def _claims(queue: Queuetopia, node: str = "node-a") -> ClaimStore:
     return ClaimStore(queue._db, queue.scope, node)
 
 
+def _claim_q(queue: Queuetopia) -> tuple[ClaimStore, Claim]:
+    """Node A's claim store, and its claim of queue "q"."""
+    claims = _claims(queue)
+    claim = claims.claim("q")
+    assert isinstance(claim, Claim)
+    return claims, claim
+
+
 def _lock_rows(queue: Queuetopia) -> list[dict[str, object]]:
     return _claims(queue).locks_held()
 
@@ -23,9 +31,8 @@ def test_the_lock_passes_to_the_next_job_which_is_claimed(make_queue: Callable) 
     queue = make_queue()
     first = queue.create_job("q", "a", {"n": 1}, timeout=30)
     second = queue.create_job("q", "a", {"n": 2}, timeout=30)
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim) and claim.job.id == first.id
+    claims, claim = _claim_q(queue)
+    assert claim.job.id == first.id
 
     done, following = claims.record_success_and_claim(claim, {"ok": 1})
 
@@ -51,9 +58,7 @@ def test_a_next_job_scheduled_later_is_not_claimed(make_queue: Callable) -> None
     queue = make_queue()
     queue.create_job("q", "a", {})
     later = queue.create_job("q", "a", {}, scheduled_at=datetime.now(UTC) + timedelta(hours=1))
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim)
+    claims, claim = _claim_q(queue)
 
     done, following = claims.record_success_and_claim(claim)
 
@@ -72,9 +77,7 @@ def test_a_suspended_queue_passes_nothing(make_queue: Callable) -> None:
     queue = make_queue()
     queue.create_job("q", "a", {})
     nxt = queue.create_job("q", "a", {})
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim)
+    claims, claim = _claim_q(queue)
     queue.suspend("q")
 
     done, following = claims.record_success_and_claim(claim)
@@ -88,9 +91,7 @@ def test_a_lost_claim_records_nothing_and_claims_nothing(make_queue: Callable) -
     queue = make_queue()
     job = queue.create_job("q", "a", {})
     nxt = queue.create_job("q", "a", {})
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim)
+    claims, claim = _claim_q(queue)
     # Another node took the job over meanwhile (its attempt counted: the fence moved).
     jobs = queue._db.tables.jobs
     with queue.engine.begin() as conn:
@@ -117,9 +118,7 @@ def test_an_interrupted_final_attempt_of_the_next_job_meets_its_failure_mode(
             .where(jobs.c.id == nxt.id)
             .values(attempts=1, attempted_by="dead-node", attempted_at=datetime.now(UTC))
         )
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim)
+    claims, claim = _claim_q(queue)
 
     done, following = claims.record_success_and_claim(claim)
 
@@ -140,9 +139,7 @@ def test_a_passed_claim_counts_its_attempt_like_an_ordinary_claim(make_queue: Ca
     jobs = queue._db.tables.jobs
     with queue.engine.begin() as conn:  # three attempts made in earlier rounds
         conn.execute(jobs.update().where(jobs.c.id == nxt.id).values(attempts=3))
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim)
+    claims, claim = _claim_q(queue)
 
     _, following = claims.record_success_and_claim(claim)
 
@@ -164,9 +161,7 @@ def test_a_claim_given_back_leaves_the_job_as_it_was(make_queue: Callable) -> No
     queue = make_queue()
     queue.create_job("q", "a", {})
     nxt = queue.create_job("q", "a", {})
-    claims = _claims(queue)
-    claim = claims.claim("q")
-    assert isinstance(claim, Claim)
+    claims, claim = _claim_q(queue)
     _, following = claims.record_success_and_claim(claim)
     assert isinstance(following, Claim)
 

@@ -30,6 +30,19 @@ def _listener_of(queue: Queuetopia) -> listener.Listener:
     return registration.listener
 
 
+def _listening_connections(queue: Queuetopia, aggregate: str = "count(*)") -> int:
+    """`aggregate` over the database's sessions that listen (count them, or end them)."""
+    with queue.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    f"SELECT {aggregate} FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            ).scalar_one()
+        )
+
+
 def _started_idle(make_queue: Callable, recorder: Performer, **options: object) -> Queuetopia:
     """A started worker that has run one job (its first poll is behind it) and idles."""
     worker: Queuetopia = make_queue(performer=recorder, poll_interval=SLOW_POLL, **options)
@@ -103,14 +116,7 @@ def test_a_lost_listening_connection_is_logged_and_comes_back(
     recorder = Recorder()
     worker = _started_idle(make_queue, recorder)
     caplog.set_level(logging.WARNING, logger="queuetopia_py.listener")
-    with worker.engine.connect() as conn:
-        killed = conn.execute(
-            sa.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-            )
-        ).scalar_one()
-    assert killed == 1
+    assert _listening_connections(worker, "count(pg_terminate_backend(pid))") == 1
     wait_until(lambda: "lost the connection listening" in caplog.text)
     wait_until(lambda: "listening for new jobs again" in caplog.text)
 
@@ -128,14 +134,7 @@ def test_one_listening_connection_serves_every_instance_of_a_process(
     second.start()
     assert _listener_of(first) is _listener_of(second)
     assert _listener_of(first).listening.wait(10)
-    with first.engine.connect() as conn:
-        listening = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-            )
-        ).scalar_one()
-    assert listening == 1
+    assert _listening_connections(first) == 1
 
 
 def test_payloads_round_trip_and_foreign_ones_are_refused() -> None:
