@@ -1,5 +1,5 @@
-"""Baseline throughput of queuetopia_py on each database (no peers; see docs/performance.md
-once the comparative harness exists).
+"""Throughput of queuetopia_py alone on each database (the peers side by side:
+compare.py, and docs/performance.md).
 
     python bench/throughput.py [--backends sqlite,postgresql,mariadb] [--runs 3]
 
