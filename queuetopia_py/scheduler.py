@@ -1,13 +1,16 @@
 """The scheduler of one scope on one node: decides what runs next, and runs it.
 
-A dispatcher thread polls when woken: by APScheduler every `poll_interval`, at once by a
-local `create_job` or when a runner ends, and at the next due time it learnt from the
-last poll. A poll lists due queues, oldest due work first; up to `max_concurrency` runner
-threads take them. A runner claims its queue's lock and head, runs the attempt on the
-executor, records it, and goes on with the queue's next job. When other listed queues
-wait for a runner, it hands its queue back to the end of that line after each job (round
-robin); when its queue is empty or not due, it takes the next waiting one, and ends when
-none is left.
+A dispatcher thread polls when woken: by APScheduler every `poll_interval`, when a runner
+has nothing left to do, and at the next due time it learnt from the last poll. A poll
+lists due queues, oldest due work first; up to `max_concurrency` runner threads take
+them. New work in a queue (a local `create_job`, or an announcement from another node on
+PostgreSQL) is offered to the scheduler directly, without a poll.
+
+A runner claims its queue's lock and head, runs the attempt on the executor, and records
+it; while its queue's turn lasts, the record also claims the queue's next job (the lock
+passes from job to job). When its turn is over and other queues wait for a runner, it
+hands its queue back to the end of that line (round robin). When no queue is left for
+it, it waits a while to be handed one, and ends.
 """
 
 from __future__ import annotations
