@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from workerio import (
     OrderLog,
     Stopwatch,
+    add_worker_arguments,
     emit,
     expected_interleaved,
     expected_spread,
@@ -223,20 +224,8 @@ def run_latency_producer(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "role", choices=["throughput", "enqueue", "latency-worker", "latency-producer"]
-    )
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--queues", type=int, default=10)
-    parser.add_argument("--per-queue", type=int, default=1)
-    parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=10)
+    add_worker_arguments(parser)
     parser.add_argument("--poll-interval", type=float, default=60.0)
-    parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--single", type=int, default=2_000)
-    parser.add_argument("--bulk", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=1_000)
-    parser.add_argument("--spacing", type=float, default=0.02)
     args = parser.parse_args()
     run = {
         "throughput": run_throughput,

@@ -50,6 +50,7 @@ from procrastinate import jobs as proc_jobs
 from workerio import (
     OrderLog,
     Stopwatch,
+    add_worker_arguments,
     emit,
     expected_interleaved,
     expected_spread,
@@ -420,19 +421,8 @@ ROLES: dict[tuple[str, str], Callable[[argparse.Namespace], Awaitable[dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("impl", choices=PEERS)
-    parser.add_argument(
-        "role", choices=["throughput", "enqueue", "latency-worker", "latency-producer"]
-    )
-    parser.add_argument("--url", required=True)
+    add_worker_arguments(parser)
     parser.add_argument("--mode", choices=["ordered", "unordered"], default="ordered")
-    parser.add_argument("--queues", type=int, default=10)
-    parser.add_argument("--per-queue", type=int, default=1)
-    parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--single", type=int, default=2_000)
-    parser.add_argument("--bulk", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--batch-size", type=int, default=10, help="pgqueuer's batch_size")
     parser.add_argument(
         "--poll-interval",
@@ -440,7 +430,6 @@ def main() -> None:
         default=5.0,
         help="procrastinate's fetch_job_polling_interval (default 5 s, its default)",
     )
-    parser.add_argument("--spacing", type=float, default=0.02)
     args = parser.parse_args()
     emit(asyncio.run(ROLES[args.impl, args.role](args)))
 

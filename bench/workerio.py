@@ -8,6 +8,7 @@ A worker process prints its result as one JSON object on a stdout line starting 
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
@@ -18,6 +19,25 @@ RESULT_PREFIX = "BENCH-RESULT "
 READY_LINE = "BENCH-READY"
 #: The queues' names: "q0", "q1", ... (the same in every implementation).
 QUEUE_PREFIX = "q"
+
+
+#: What a worker script is asked to do (its positional `role`).
+WORKER_ROLES = ("throughput", "enqueue", "latency-worker", "latency-producer")
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The role and the options every worker script takes (after its own positionals)."""
+    parser.add_argument("role", choices=WORKER_ROLES)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--queues", type=int, default=10)
+    parser.add_argument("--per-queue", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--single", type=int, default=2_000)
+    parser.add_argument("--bulk", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--spacing", type=float, default=0.02)
 
 
 def queue_name(q: int) -> str:
