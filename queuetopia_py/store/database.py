@@ -294,16 +294,6 @@ class Database:
             conn.close()
 
     @contextmanager
-    def autocommit(self) -> Iterator[Connection]:
-        """A connection whose every statement commits by itself (for single statements
-        that need no transaction around them: one round trip instead of three)."""
-        try:
-            with self.engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
-        except DBAPIError as exc:
-            raise translate(exc) from exc
-
-    @contextmanager
     def raw_autocommit(self) -> Iterator[Any]:
         """The DB-API connection under this thread's pinned connection (or a pooled one),
         in autocommit mode, for the few hot statements run without SQLAlchemy's
