@@ -25,3 +25,6 @@ TABLE_PREFIX: Final = "queuetopia_"
 TIMEOUT_ERROR: Final = "job_timeout"
 #: Longest queue, action or scope name accepted.
 MAX_NAME_LENGTH: Final = 255
+#: Most lists and objects nested in one another in `params` and results (MariaDB's JSON
+#: accepts no deeper).
+MAX_JSON_NESTING: Final = 31

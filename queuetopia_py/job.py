@@ -218,6 +218,7 @@ def validate_name(field: str, value: object) -> str:
         )
     if "\x00" in value:
         raise InvalidJobError(field, value, "must not contain NUL characters")
+    _check_text(field, value)
     return value
 
 
@@ -251,12 +252,17 @@ def to_utc(field: str, value: object) -> datetime:
 
 
 def _check_json(field: str, value: object, depth: int) -> None:
-    if depth > 100:
-        raise InvalidJobError(field, "...", "is nested deeper than 100 levels")
+    """Raise unless `value`, inside `depth` lists and objects, is JSON that every
+    supported database stores."""
+    if isinstance(value, Mapping | list | tuple) and depth >= defaults.MAX_JSON_NESTING:
+        raise InvalidJobError(
+            field, "...", f"is nested deeper than {defaults.MAX_JSON_NESTING} levels"
+        )
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidJobError(field, key, "object keys must be strings")
+            _check_text(field, key)
             _check_json(field, item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
@@ -264,8 +270,23 @@ def _check_json(field: str, value: object, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidJobError(field, value, "NaN and infinities are not JSON")
-    elif value is not None and not isinstance(value, str | int | bool):
+    elif isinstance(value, str):
+        _check_text(field, value)
+    elif value is not None and not isinstance(value, int | bool):
         raise InvalidJobError(field, value, "must hold only JSON values")
+
+
+def _check_text(field: str, text: str) -> None:
+    """Refuse a string that is not valid Unicode (a lone surrogate): no database stores it
+    alike (MariaDB's JSON refuses even its escape)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJobError(
+            field, text, "must be valid Unicode text (it holds a lone surrogate)"
+        ) from None
 
 
 def to_params(value: object) -> dict[str, Any]:
