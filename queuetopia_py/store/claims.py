@@ -264,6 +264,11 @@ FROM (SELECT 1) AS one
     return _raw(sql, scope, node)
 
 
+def _done(job: Job, at: datetime, result: Any) -> Job:
+    """`job` as a recorded success at `at` leaves it (done, whatever an operator did)."""
+    return replace(job, done_at=at, outcome=None, ended_at=None, result=result)
+
+
 class _Exhausted:
     """The head's last attempt was interrupted: left to the ordinary claim."""
 
@@ -651,13 +656,12 @@ class ClaimStore:
     def _record_success(
         self, claim: Claim, result: Any, *, claim_next: bool
     ) -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
-        job = claim.job
-        key = {"b_queue": job.queue, "b_token": claim.token}
-
         if self._record_and_pass is not None:
             if claim_next:
                 return self._record_and_pass_in_one(claim, result)
             return self._record_in_one(claim, result), None
+        job = claim.job
+        key = {"b_queue": job.queue, "b_token": claim.token}
 
         def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
             with self.db.transaction() as conn:
@@ -679,11 +683,7 @@ class ClaimStore:
                         "b_result": result,
                     },
                 ).rowcount
-                done = (
-                    replace(job, done_at=now, outcome=None, ended_at=None, result=result)
-                    if updated == 1
-                    else None
-                )
+                done = _done(job, now, result) if updated == 1 else None
                 following: Claim | NotDue | Interrupted | None = None
                 if done is not None and head is not None:
                     following = self._pass(conn, claim, row_to_job(head), now, started)
@@ -695,16 +695,13 @@ class ClaimStore:
 
     def _record_in_one(self, claim: Claim, result: Any) -> Job | None:
         """PostgreSQL: `record_success` as one autocommitted statement."""
-        job = claim.job
-        assert self._record is not None
+        statement = self._record
+        assert statement is not None
         params = self._record_params(claim, result)
 
         def run() -> Job | None:
-            assert self._record is not None
-            row, _ = self._run_raw(self._record, params)
-            if row["done_count"] != 1:
-                return None
-            return replace(job, done_at=row["db_now"], outcome=None, ended_at=None, result=result)
+            row, _ = self._run_raw(statement, params)
+            return _done(claim.job, row["db_now"], result) if row["done_count"] == 1 else None
 
         return self.db.retrying(run)
 
@@ -724,15 +721,15 @@ class ClaimStore:
         round trip). A next job whose last attempt was interrupted is left to the
         ordinary claim (None: the runner moves on, and the poll it triggers finds that
         queue again)."""
-        job = claim.job
+        statement = self._record_and_pass
+        assert statement is not None
         params = self._record_params(claim, result)
 
         def run() -> tuple[Job | None, Claim | NotDue | Interrupted | None]:
-            assert self._record_and_pass is not None
-            row, started = self._run_raw(self._record_and_pass, params)
+            row, started = self._run_raw(statement, params)
             if row["done_count"] != 1:
                 return None, None
-            done = replace(job, done_at=row["db_now"], outcome=None, ended_at=None, result=result)
+            done = _done(claim.job, row["db_now"], result)
             following = _from_raw(row, claim.token, started)
             return done, None if isinstance(following, Busy | _Exhausted) else following
 
@@ -740,12 +737,12 @@ class ClaimStore:
 
     def _claim_in_one(self, queue: str) -> Claim | NotDue | Busy | _Exhausted | None:
         """PostgreSQL: `claim` as one autocommitted statement (one round trip)."""
-        assert self._claim_one is not None
+        statement = self._claim_one
+        assert statement is not None
         params = {"queue": queue, "token": uuid.uuid4().hex}
 
         def run() -> Claim | NotDue | Busy | _Exhausted | None:
-            assert self._claim_one is not None
-            row, started = self._run_raw(self._claim_one, params)
+            row, started = self._run_raw(statement, params)
             return _from_raw(row, params["token"], started)
 
         return self.db.retrying(run)
