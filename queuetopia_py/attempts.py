@@ -4,6 +4,7 @@ runners and by `testing.drain`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -13,6 +14,7 @@ from queuetopia_py.backoff import default_backoff, next_attempt_at
 from queuetopia_py.events import Event, EventBus, EventKind
 from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.job import Job
+from queuetopia_py.lease import LeaseKeeper
 from queuetopia_py.performer import Performer
 from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue, Recorded
 
@@ -33,12 +35,20 @@ class AttemptRunner:
     """Runs claimed attempts of one scope on one node."""
 
     def __init__(
-        self, claims: ClaimStore, executor: Executor, performer: Performer, events: EventBus
+        self,
+        claims: ClaimStore,
+        executor: Executor,
+        performer: Performer,
+        events: EventBus,
+        lease: LeaseKeeper | None = None,
     ) -> None:
         self.claims = claims
         self.executor = executor
         self.performer = performer
         self.events = events
+        # Renews the locks of attempts that may outlive them (None: never needed, the
+        # attempts run inline without a timeout).
+        self.lease = lease
 
     def emit(self, kind: EventKind, job: Job, **fields: object) -> None:
         """Emit an event about `job` from this node."""
@@ -56,7 +66,8 @@ class AttemptRunner:
     def run(self, claim: Claim, unready: Outcome | None = None) -> Outcome:
         """Run and record the attempt `claim` holds. Its deadline counts from
         `claim.started`, taken before the database's time was read for the lock, so it
-        falls before the lock's expiry. `unready` is the failure to record instead of
+        falls before the lock's expiry (or the lock is renewed meanwhile, when the
+        timeout is longer than the lease). `unready` is the failure to record instead of
         running (executor not ready)."""
         return self._run(claim, unready, claim_next=False)[0]
 
@@ -77,11 +88,12 @@ class AttemptRunner:
             outcome = unready
         else:
             try:
-                outcome = self.executor.run(
-                    job,
-                    claim.started + job.timeout.total_seconds(),
-                    lambda message, fraction: self.claims.set_progress(job, message, fraction),
-                )
+                with self.lease.keep(claim) if self.lease else contextlib.nullcontext():
+                    outcome = self.executor.run(
+                        job,
+                        claim.started + job.timeout.total_seconds(),
+                        lambda message, fraction: self.claims.set_progress(job, message, fraction),
+                    )
             except Exception as exc:  # the executor itself failed
                 logger.exception(
                     "executor failed to run the attempt",

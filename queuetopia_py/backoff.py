@@ -23,9 +23,22 @@ def default_backoff(attempts_before: int, max_backoff: timedelta) -> timedelta:
     return min(timedelta(seconds=2**exponent + 1), max_backoff)
 
 
-def lock_lifetime(timeout: timedelta) -> timedelta:
-    """How long a queue lock lives: the job's timeout plus a safety margin."""
-    return timeout + defaults.LOCK_MARGIN
+def lock_lifetime(timeout: timedelta, lease: timedelta = defaults.LOCK_LEASE) -> timedelta:
+    """How long a queue lock lives from its claim or renewal: the job's timeout plus a
+    safety margin, or the lease when that is shorter (the lock is then renewed while the
+    attempt runs, see `needs_renewal`).
+
+    >>> lock_lifetime(timedelta(seconds=5))
+    datetime.timedelta(seconds=6)
+    >>> lock_lifetime(timedelta(hours=1))
+    datetime.timedelta(seconds=60)
+    """
+    return min(timeout + defaults.LOCK_MARGIN, lease)
+
+
+def needs_renewal(timeout: timedelta, lease: timedelta = defaults.LOCK_LEASE) -> bool:
+    """Whether an attempt with this timeout may outlive its lock unless it is renewed."""
+    return timeout + defaults.LOCK_MARGIN > lease
 
 
 def next_attempt_at(

@@ -15,6 +15,10 @@ MAX_ATTEMPTS: Final = 20
 POLL_INTERVAL: Final = 60.0
 #: How long a queue lock outlives its job's timeout, so a dead node's queue is taken over.
 LOCK_MARGIN: Final = timedelta(seconds=1)
+#: Longest a queue lock lives without being renewed. The lock of a job whose timeout (plus
+#: the margin) is longer is renewed while its attempt runs, every third of the lease, so
+#: that a dead node's long job is taken over after the lease, not after its timeout.
+LOCK_LEASE: Final = timedelta(seconds=60)
 #: Queues one node runs at the same time (one attempt each).
 MAX_CONCURRENCY: Final = 10
 #: Completed jobs older than this are deleted by the cleaner.

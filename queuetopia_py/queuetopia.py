@@ -124,6 +124,7 @@ class Options:
     max_backoff: timedelta = defaults.MAX_BACKOFF
     max_attempts: int = defaults.MAX_ATTEMPTS
     on_failure: str = GIVE_UP
+    lock_lease: timedelta = defaults.LOCK_LEASE
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -142,7 +143,7 @@ class Options:
             validate_name("scope", values["scope"])
             if "node" in values:
                 validate_name("node", values["node"])
-            for name in ("timeout", "max_backoff", "job_retention"):
+            for name in ("timeout", "max_backoff", "job_retention", "lock_lease"):
                 if name in values:
                     values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
             if "max_attempts" in values:
@@ -159,6 +160,10 @@ class Options:
                 ).total_seconds()
         except InvalidJobError as exc:
             raise ConfigurationError(str(exc)) from None
+        if values.get("lock_lease", defaults.LOCK_LEASE) < timedelta(seconds=1):
+            raise ConfigurationError(
+                f"lock_lease: must be at least 1 second (got {values['lock_lease']!r})"
+            )
         concurrency = values.get("max_concurrency", defaults.MAX_CONCURRENCY)
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ConfigurationError(f"max_concurrency: must be an int >= 1 (got {concurrency!r})")
@@ -606,7 +611,7 @@ class Queuetopia:
             else ThreadExecutor(instance)
         )
         self._scheduler = Scheduler(
-            ClaimStore(self._db, self.scope, self.node),
+            ClaimStore(self._db, self.scope, self.node, self.options.lock_lease),
             executor,
             instance,
             self._events,

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from queuetopia_py.attempts import AttemptRunner
+from queuetopia_py.backoff import lock_lifetime
 from queuetopia_py.events import EventBus
 from queuetopia_py.execution import Executor, Outcome, describe_exception
+from queuetopia_py.lease import LeaseKeeper
 from queuetopia_py.performer import Performer
 from queuetopia_py.store.claims import Busy, Claim, ClaimStore, Interrupted, NotDue
 
@@ -77,7 +79,7 @@ class Scheduler:
         self.claims = claims
         self.executor = executor
         self.performer = performer
-        self.attempts = AttemptRunner(claims, executor, performer, events)
+        self.attempts = AttemptRunner(claims, executor, performer, events, LeaseKeeper(claims))
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.state = RunState.STOPPED
@@ -442,7 +444,7 @@ class Scheduler:
         logger.warning("attempt timed out but its thread still runs; queue stays locked", extra=log)
         # Renew even while stopping: exclusivity holds for as long as this process (and
         # so the thread) lives; once the process exits, the lock simply expires.
-        period = max(claim.job.timeout.total_seconds() / 2, 0.05)
+        period = max(lock_lifetime(claim.job.timeout, self.claims.lease).total_seconds() / 3, 0.05)
         with self._idle:
             self._holding.add(claim.job.queue)
             self._idle.notify_all()

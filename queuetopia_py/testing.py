@@ -119,7 +119,7 @@ def drain(
         raise ConfigurationError("performer: drain() needs the instance's or one given")
     runner_performer = chosen() if isinstance(chosen, type) else chosen
     db = instance._db
-    claims = ClaimStore(db, instance.scope, instance.node)
+    claims = ClaimStore(db, instance.scope, instance.node, instance.options.lock_lease)
     runner = AttemptRunner(
         claims, InlineExecutor(runner_performer), runner_performer, instance._events
     )

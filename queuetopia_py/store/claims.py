@@ -51,7 +51,8 @@ class Claim:
     token: str
     locked_until: datetime
     #: This process's monotonic clock just before the claim read the database's time:
-    #: an attempt given `timeout` from here ends before the lock expires.
+    #: an attempt given `timeout` from here ends before the lock expires (or the lock is
+    #: renewed while it runs, see `queuetopia_py.lease`).
     started: float
     #: The job as it was before the claim (to give the claim back unused).
     prior: Job | None = None
@@ -176,17 +177,26 @@ _PG_DONE = """
 """
 
 _MARGIN_US = defaults.LOCK_MARGIN // timedelta(microseconds=1)
-# `lock_lifetime` of the head, from now.
-_LOCK_LIFETIME_SQL = f"now() + (head.timeout_us + {_MARGIN_US}) * interval '1 microsecond'"
+# `lock_lifetime` of the head, from now (`:lease_us`, the lease, is a constant).
+_LOCK_LIFETIME_SQL = (
+    f"now() + LEAST(head.timeout_us + {_MARGIN_US}, :lease_us) * interval '1 microsecond'"
+)
 
 
-def _raw(sql: str, scope: str, node: str) -> RawStatement:
-    constants = {"scope": scope, "node": node, "whole_scope": WHOLE_SCOPE}
+def _raw(sql: str, scope: str, node: str, lease: timedelta) -> RawStatement:
+    constants = {
+        "scope": scope,
+        "node": node,
+        "whole_scope": WHOLE_SCOPE,
+        "lease_us": lease // timedelta(microseconds=1),
+    }
     # psycopg's own placeholders: the statement runs on the driver directly.
     return RawStatement(re.sub(r":(\w+)", r"%(\1)s", sql), constants)
 
 
-def claim_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+def claim_statement(
+    tables: Tables, scope: str, node: str, lease: timedelta = defaults.LOCK_LEASE
+) -> RawStatement:
     """PostgreSQL: `ClaimStore.claim` as one statement. `head` locks the queue's head;
     `lock` takes the queue's lock for it if it is due and has attempts left (taking over
     an expired lock in place); `started` counts the attempt. A head that is not due,
@@ -211,10 +221,12 @@ FROM (SELECT 1) AS one
     LEFT JOIN head ON true
     LEFT JOIN started ON head.id = started.id
 """
-    return _raw(sql, scope, node)
+    return _raw(sql, scope, node, lease)
 
 
-def record_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+def record_statement(
+    tables: Tables, scope: str, node: str, lease: timedelta = defaults.LOCK_LEASE
+) -> RawStatement:
     """PostgreSQL: `record_success` as one statement: the success (fenced by `attempts`)
     and the release of our lock (fenced by our token)."""
     sql = f"""
@@ -226,10 +238,12 @@ WITH done AS ({_PG_DONE.format(jobs=tables.jobs.name)}), released AS (
 SELECT now() AS db_now, (SELECT count(*) FROM done) AS done_count,
     (SELECT count(*) FROM released) AS released_count
 """
-    return _raw(sql, scope, node)
+    return _raw(sql, scope, node, lease)
 
 
-def record_and_pass_statement(tables: Tables, scope: str, node: str) -> RawStatement:
+def record_and_pass_statement(
+    tables: Tables, scope: str, node: str, lease: timedelta = defaults.LOCK_LEASE
+) -> RawStatement:
     """PostgreSQL: record a success and pass the queue's lock to its next job in one
     statement, its data-modifying CTEs seeing one snapshot and one `now()`.
 
@@ -261,7 +275,7 @@ FROM (SELECT 1) AS one
     LEFT JOIN head ON true
     LEFT JOIN started ON head.id = started.id
 """
-    return _raw(sql, scope, node)
+    return _raw(sql, scope, node, lease)
 
 
 def _done(job: Job, at: datetime, result: Any) -> Job:
@@ -341,10 +355,14 @@ class ClaimStore:
     parameters, so that each execution reuses their compiled form.
     """
 
-    def __init__(self, db: Database, scope: str, node: str) -> None:
+    def __init__(
+        self, db: Database, scope: str, node: str, lease: timedelta = defaults.LOCK_LEASE
+    ) -> None:
         self.db = db
         self.scope = scope
         self.node = node
+        #: The longest a lock lives without renewal (see `lock_lifetime`).
+        self.lease = lease
         self.jobs = db.tables.jobs
         self.locks = db.tables.locks
         self._build_statements()
@@ -399,10 +417,16 @@ class ClaimStore:
         postgresql = self.db.dialect == "postgresql"
         tables = self.db.tables
         self._record_and_pass = (
-            record_and_pass_statement(tables, self.scope, self.node) if postgresql else None
+            record_and_pass_statement(tables, self.scope, self.node, self.lease)
+            if postgresql
+            else None
         )
-        self._claim_one = claim_statement(tables, self.scope, self.node) if postgresql else None
-        self._record = record_statement(tables, self.scope, self.node) if postgresql else None
+        self._claim_one = (
+            claim_statement(tables, self.scope, self.node, self.lease) if postgresql else None
+        )
+        self._record = (
+            record_statement(tables, self.scope, self.node, self.lease) if postgresql else None
+        )
         self._start_attempt = (
             jobs.update()
             .where(jobs.c.id == sa.bindparam("b_job_id"))
@@ -541,7 +565,7 @@ class ClaimStore:
                         return NotDue(None if waits is None else waits - now)
                     conn.execute(self._delete_expired_lock, {"b_queue": queue, "b_now": now})
                     token = uuid.uuid4().hex
-                    until = now + lock_lifetime(job.timeout)
+                    until = now + lock_lifetime(job.timeout, self.lease)
                     try:
                         conn.execute(
                             self._insert_lock,
@@ -593,7 +617,9 @@ class ClaimStore:
             next_attempt_at=retry_at,
             progress=None,
         )
-        return Claim(claimed, token, now + lock_lifetime(job.timeout), started, prior=job)
+        return Claim(
+            claimed, token, now + lock_lifetime(job.timeout, self.lease), started, prior=job
+        )
 
     def give_back(self, claim: Claim) -> None:
         """Undo a claim whose attempt did not start (the node began stopping): the job
@@ -776,7 +802,7 @@ class ClaimStore:
                 "b_token": claim.token,
                 "b_job_id": head.id,
                 "b_locked_at": now,
-                "b_locked_until": now + lock_lifetime(head.timeout),
+                "b_locked_until": now + lock_lifetime(head.timeout, self.lease),
             },
         ).rowcount
         if passed != 1:
@@ -931,19 +957,25 @@ class ClaimStore:
         return bool(
             conn.execute(
                 locks.update()
-                .where(self._lock_of(claim.job.queue), locks.c.token == claim.token)
-                .values(locked_until=now + lock_lifetime(claim.job.timeout))
+                .where(
+                    self._lock_of(claim.job.queue),
+                    locks.c.token == claim.token,
+                    locks.c.job_id == claim.job.id,
+                )
+                .values(locked_until=now + lock_lifetime(claim.job.timeout, self.lease))
             ).rowcount
         )
 
-    def renew(self, claim: Claim) -> bool:
-        """Extend the lock by one lifetime from now; False if it was lost."""
+    def renew(self, claim: Claim, *, retry: bool = True) -> bool:
+        """Extend the lock by one lifetime from now; False if it was lost or passed on to
+        the queue's next job. Without
+        `retry`, a transient database error is raised at once (the caller tries again)."""
 
         def run() -> bool:
             with self.db.transaction() as conn:
                 return self._renew(conn, claim)
 
-        return self.db.retrying(run)
+        return self.db.retrying(run) if retry else run()
 
     def release(self, claim: Claim) -> None:
         """Release the lock if we still hold it."""

@@ -26,8 +26,9 @@ def test_zero_max_backoff_retries_at_once() -> None:
     assert default_backoff(3, timedelta(0)) == timedelta(0)
 
 
-def test_lock_lives_one_second_longer_than_the_timeout() -> None:
-    assert lock_lifetime(timedelta(seconds=60)) == timedelta(seconds=61)
+def test_lock_lives_one_second_longer_than_the_timeout_up_to_the_lease() -> None:
+    assert lock_lifetime(timedelta(seconds=30)) == timedelta(seconds=31)
+    assert lock_lifetime(timedelta(seconds=60)) == timedelta(seconds=60)  # the lease
 
 
 def test_failed_job_is_retried_after_its_backoff_from_the_attempt_start() -> None:
