@@ -7,6 +7,7 @@ failing head job blocks its queue while it is retried with a capped exponential 
 from queuetopia_py.errors import (
     ConfigurationError,
     DatabaseError,
+    DatabaseUnavailableError,
     InvalidJobError,
     JobAbortedError,
     JobCancelledError,
@@ -32,6 +33,7 @@ __all__ = [
     "JOB_STATES",
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "Event",
     "EventKind",
     "Intervention",

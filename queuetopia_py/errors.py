@@ -36,6 +36,15 @@ class DatabaseError(QueuetopiaError):
     """The database failed or could not be reached; the operation did not complete."""
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database could not be reached, or the connection to it was lost.
+
+    Raised by a call made while the database is down or restarting (the scheduler's own
+    work waits and retries instead). A call that writes, such as `create_job`, may still
+    have been committed if the connection was lost during its commit.
+    """
+
+
 class SchemaMissingError(DatabaseError):
     """The queuetopia tables do not exist: run `queuetopia migrate URL` or `migrate(url)`."""
 

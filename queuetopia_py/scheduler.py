@@ -31,12 +31,14 @@ from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.lease import LeaseKeeper
 from queuetopia_py.performer import Performer
 from queuetopia_py.store.claims import Busy, Claim, ClaimStore, Interrupted, NotDue
+from queuetopia_py.store.database import is_transient
 
 logger = logging.getLogger(__name__)
 
 # After an error in the poll itself (database down...), wait this long, doubling up to
-# the poll interval.
+# the poll interval or `_ERROR_PAUSE_MAX`, whichever is shorter.
 _ERROR_PAUSE = 0.5
+_ERROR_PAUSE_MAX = 10.0
 # A poll lists this many due queues beyond the free runners, so that runners go on
 # with waiting queues without polling again.
 _EXTRA_LISTED = 1000
@@ -219,6 +221,8 @@ class Scheduler:
     def _dispatch_loop(self) -> None:
         wait: float | None = 0.0
         pause = _ERROR_PAUSE
+        failing_since: float | None = None  # monotonic time of the first failed poll
+        log = {"scope": self.claims.scope}
         while True:
             self._wake.wait(wait)
             self._wake.clear()
@@ -226,12 +230,30 @@ class Scheduler:
                 return
             try:
                 wait = self._poll()
-                pause = _ERROR_PAUSE
-            except Exception:
-                logger.exception(
-                    "poll failed; retrying in %.1f s", pause, extra={"scope": self.claims.scope}
+            except Exception as exc:
+                if failing_since is not None:
+                    logger.debug("poll failed again; retrying in %.1f s", pause, extra=log)
+                elif is_transient(exc):
+                    logger.warning(
+                        "database unreachable; polling again with a backoff (at most %.0f s)"
+                        " until it is back: %s",
+                        _ERROR_PAUSE_MAX,
+                        exc,
+                        extra=log,
+                    )
+                else:
+                    logger.exception("poll failed; retrying in %.1f s", pause, extra=log)
+                failing_since = failing_since or time.monotonic()
+                wait, pause = pause, min(pause * 2, self.poll_interval, _ERROR_PAUSE_MAX)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "polling again after %.1f s of failures",
+                    time.monotonic() - failing_since,
+                    extra=log,
                 )
-                wait, pause = pause, min(pause * 2, self.poll_interval)
+                failing_since = None
+            pause = _ERROR_PAUSE
 
     def _poll(self) -> float | None:
         with self._active_lock:
@@ -353,12 +375,22 @@ class Scheduler:
                     if following != queue:
                         turn = time.monotonic()
                     queue = following
-        except Exception:
-            logger.exception(
-                "queue runner failed; leaving the queue aside for %.0f s",
-                _RUNNER_ERROR_PAUSE,
-                extra={"scope": self.claims.scope, "queue": queue},
-            )
+        except Exception as exc:
+            log = {"scope": self.claims.scope, "queue": queue}
+            if is_transient(exc):  # the database is down: no traceback for each runner
+                logger.warning(
+                    "queue runner stopped, database unreachable; leaving the queue aside"
+                    " for %.0f s: %s",
+                    _RUNNER_ERROR_PAUSE,
+                    exc,
+                    extra=log,
+                )
+            else:
+                logger.exception(
+                    "queue runner failed; leaving the queue aside for %.0f s",
+                    _RUNNER_ERROR_PAUSE,
+                    extra=log,
+                )
             if queue is not None:
                 with self._active_lock:
                     self._not_due[queue] = time.monotonic() + _RUNNER_ERROR_PAUSE

@@ -176,6 +176,11 @@ _PG_DONE = """
     RETURNING id
 """
 
+# How long recording an attempt's outcome is retried through a database outage: the
+# outcome is kept if the database comes back meanwhile (fencing keeps a late record from
+# landing over another node's claim). Past it, the attempt counts as interrupted.
+_RECORD_PATIENCE = 120.0
+
 _MARGIN_US = defaults.LOCK_MARGIN // timedelta(microseconds=1)
 # `lock_lifetime` of the head, from now (`:lease_us`, the lease, is a constant).
 _LOCK_LIFETIME_SQL = (
@@ -717,7 +722,7 @@ class ClaimStore:
                     conn.execute(self._release_lock, key)
             return done, following
 
-        return self.db.retrying(run)
+        return self.db.retrying(run, max_seconds=_RECORD_PATIENCE)
 
     def _record_in_one(self, claim: Claim, result: Any) -> Job | None:
         """PostgreSQL: `record_success` as one autocommitted statement."""
@@ -729,7 +734,7 @@ class ClaimStore:
             row, _ = self._run_raw(statement, params)
             return _done(claim.job, row["db_now"], result) if row["done_count"] == 1 else None
 
-        return self.db.retrying(run)
+        return self.db.retrying(run, max_seconds=_RECORD_PATIENCE)
 
     def _record_params(self, claim: Claim, result: Any) -> dict[str, Any]:
         return {
@@ -759,7 +764,7 @@ class ClaimStore:
             following = _from_raw(row, claim.token, started)
             return done, None if isinstance(following, Busy | _Exhausted) else following
 
-        return self.db.retrying(run)
+        return self.db.retrying(run, max_seconds=_RECORD_PATIENCE)
 
     def _claim_in_one(self, queue: str) -> Claim | NotDue | Busy | _Exhausted | None:
         """PostgreSQL: `claim` as one autocommitted statement (one round trip)."""
@@ -857,7 +862,7 @@ class ClaimStore:
                     self._release(conn, claim)
             return None if row is None else Recorded(job, moved)
 
-        return self.db.retrying(run)
+        return self.db.retrying(run, max_seconds=_RECORD_PATIENCE)
 
     def _exhaust(self, conn: sa.Connection, job: Job, error: str, now: datetime) -> Recorded:
         """Apply `job`'s failure mode: it has used its attempts and failed with `error`."""

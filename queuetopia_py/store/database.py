@@ -32,7 +32,12 @@ from tenacity import (
     wait_random,
 )
 
-from queuetopia_py.errors import ConfigurationError, DatabaseError, SchemaMissingError
+from queuetopia_py.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    SchemaMissingError,
+)
 from queuetopia_py.schema import Tables, UtcDateTime, build_tables
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,8 @@ _DEFAULT_DRIVERS = {
     "mariadb": "pymysql",
 }
 
+# Seconds a connection attempt to PostgreSQL may take (PyMySQL's default is the same).
+_CONNECT_TIMEOUT = 10
 # A pooled connection idle for longer than this is checked before use.
 _PING_AFTER_IDLE = 2.0
 # SQLSTATE codes and MySQL error numbers after which the transaction was rolled back
@@ -91,6 +98,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         # The scheduler runs a small, fixed set of statements: prepare each on its first
         # execution (psycopg sends it in the same round trip) rather than its fifth.
         kwargs.setdefault("connect_args", {}).setdefault("prepare_threshold", 0)
+        # A server that does not answer (host down, network cut) fails a connection
+        # attempt after this many seconds, as PyMySQL's default does, instead of never.
+        kwargs["connect_args"].setdefault("connect_timeout", _CONNECT_TIMEOUT)
     try:
         engine = sa.create_engine(parsed, **kwargs)
         if not kwargs.get("pool_pre_ping"):
@@ -245,7 +255,11 @@ def translate(exc: BaseException) -> BaseException:
         )
     else:
         text = str(getattr(exc, "orig", exc)).strip().splitlines()
-        error = DatabaseError(f"database error: {text[0] if text else exc!r}")
+        first = text[0] if text else repr(exc)
+        if is_transient(exc) and not is_rolled_back_conflict(exc):
+            error = DatabaseUnavailableError(f"database unreachable: {first}")
+        else:
+            error = DatabaseError(f"database error: {first}")
     error.__cause__ = exc
     return error
 
@@ -376,12 +390,16 @@ class Database:
         except Exception as exc:
             if not retryable(exc):
                 raise
-            logger.warning("transient database error, retrying: %s", exc)
+            logger.warning(
+                "transient database error, retrying for up to %.0f s: %s", max_seconds, exc
+            )
+        # Later failures of the same call are logged at DEBUG: one outage, one warning
+        # per call (the scheduler logs the outage and its end once more).
         retryer = Retrying(
             retry=retry_if_exception(retryable),
             stop=stop_after_delay(max_seconds),
             wait=wait_exponential(multiplier=0.02, max=2.0) + wait_random(0, 0.02),
-            before_sleep=before_sleep_log(logger, logging.WARNING),
+            before_sleep=before_sleep_log(logger, logging.DEBUG),
             reraise=True,
         )
         return retryer(fn)
