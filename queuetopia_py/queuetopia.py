@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import getpass
 import logging
 import os
@@ -431,18 +432,29 @@ class Queuetopia:
         return Page(items=items, total=total, page_number=page_number, page_size=page_size)
 
     def cleanup_jobs(
-        self, older_than: Duration | None = None, *, include_ended: bool = False
+        self,
+        older_than: Duration | None = None,
+        *,
+        include_ended: bool = False,
+        skip_if_busy: bool = False,
     ) -> int:
         """Delete this scope's jobs done longer than `older_than` ago (default: the
         `job_retention` option). With `include_ended`, also those that ended without
         success (given up, cancelled, aborted, moved) that long ago. Returns how many
-        were deleted."""
+        were deleted.
+
+        Deletes in batches of 1000, each in a short transaction of its own, holding the
+        scope's cleaner lock: one node at a time cleans a scope. While another node
+        cleans it, waits for it to finish, or with `skip_if_busy` returns 0 at once.
+        """
         retention = (
             self.options.job_retention
             if older_than is None
             else to_timedelta("older_than", older_than, allow_zero=True)
         )
-        deleted = self._jobs.delete_completed(retention, include_ended=include_ended)
+        deleted = self._jobs.delete_completed(
+            retention, include_ended=include_ended, node=self.node, skip_if_busy=skip_if_busy
+        )
         if deleted:
             logger.info("deleted %d completed jobs", deleted, extra={"scope": self.scope})
         return deleted
@@ -617,7 +629,8 @@ class Queuetopia:
             self._events,
             poll_interval=self.options.poll_interval,
             max_concurrency=self.options.max_concurrency,
-            cleaner=self.cleanup_jobs,
+            # One node cleans a scope at a time; the others skip their turn.
+            cleaner=functools.partial(self.cleanup_jobs, skip_if_busy=True),
             cleanup_interval=self.options.cleanup_interval,
         )
         self._scheduler.start()

@@ -13,7 +13,7 @@ from queuetopia_py.job import OUTCOMES
 from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status
 from queuetopia_py.store.control import row_to_suspension
 from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import pending, queue_order, row_to_job
+from queuetopia_py.store.jobs import CLEANER_LOCK, pending, queue_order, row_to_job
 
 _FAILED = [o for o in OUTCOMES if o != "cancelled"]
 
@@ -63,7 +63,11 @@ class Inspection:
                 )
             ]
             lock_rows = conn.execute(
-                sa.select(locks).where(locks.c.scope == self.scope, locks.c.locked_until > now)
+                sa.select(locks).where(
+                    locks.c.scope == self.scope,
+                    locks.c.queue != CLEANER_LOCK,
+                    locks.c.locked_until > now,
+                )
             ).all()
             running_ids = [r.job_id for r in lock_rows if r.job_id is not None]
             locked_jobs = {

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import random
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,12 +15,29 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
-from queuetopia_py.errors import InvalidJobError
+from queuetopia_py.errors import DatabaseError, InvalidJobError
 from queuetopia_py.job import GIVE_UP, LISTED_STATES, Intervention, Job, NewJob, Progress
 from queuetopia_py.schema import UtcDateTime
 from queuetopia_py.store.announcements import channel, notify
 from queuetopia_py.store.database import Database
+
+logger = logging.getLogger(__name__)
+
+#: The `queue` of a scope's cleaner lock in the locks table. No queue has this name (names
+#: have no leading space), so it never holds up a queue, nor is it taken for one.
+CLEANER_LOCK = " cleaner"
+#: How long the cleaner's lock lives unless renewed; each batch of deletes renews it, so
+#: that the lock of a node that died while cleaning is taken over this long after.
+CLEANER_LOCK_LIFETIME = timedelta(seconds=60)
+# A node waiting for another's cleaner lock looks again after this long, doubling.
+_CLEANER_FIRST_WAIT = 0.05
+_CLEANER_MAX_WAIT = 1.0
+
+
+class _CleanerBusy(Exception):
+    pass
 
 
 def _us(delta: timedelta) -> int:
@@ -367,12 +388,98 @@ class JobStore:
             return int(conn.execute(stmt).scalar_one())
 
     def delete_completed(
-        self, older_than: timedelta, *, include_ended: bool = False, batch_size: int = 1000
+        self,
+        older_than: timedelta,
+        *,
+        include_ended: bool = False,
+        batch_size: int = 1000,
+        node: str = "",
+        skip_if_busy: bool = False,
     ) -> int:
         """Delete this scope's jobs done more than `older_than` ago (and, with
-        `include_ended`, those that ended without success that long ago), in small
-        batches."""
-        jobs = self.jobs
+        `include_ended`, those that ended without success that long ago), `batch_size`
+        at a time, each batch in a transaction of its own.
+
+        Holds the scope's cleaner lock (for `node`) meanwhile, so that one node at a time
+        cleans a scope. While another node holds it, returns 0 at once if `skip_if_busy`,
+        else waits for it. Each batch renews the lock and runs only while it is held.
+        """
+        token = self._take_cleaner_lock(node)
+        pause = _CLEANER_FIRST_WAIT
+        while token is None:
+            if skip_if_busy:
+                logger.debug("another node is cleaning", extra={"scope": self.scope})
+                return 0
+            time.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, _CLEANER_MAX_WAIT)
+            token = self._take_cleaner_lock(node)
+        try:
+            return self._delete_batches(older_than, include_ended, batch_size, token)
+        finally:
+            self._release_cleaner_lock(token)
+
+    def _cleaner_lock(self) -> sa.ColumnElement[bool]:
+        locks = self.db.tables.locks
+        return sa.and_(locks.c.scope == self.scope, locks.c.queue == CLEANER_LOCK)
+
+    def _take_cleaner_lock(self, node: str) -> str | None:
+        """Take the scope's cleaner lock: its token, or None while another's is live. An
+        expired one (its node died while cleaning) is taken over in place."""
+        locks = self.db.tables.locks
+
+        def run() -> str | None:
+            token = uuid.uuid4().hex
+            try:
+                with self.db.transaction() as conn:
+                    now = conn.execute(sa.select(self.db.now())).scalar_one()
+                    values = {
+                        "token": token,
+                        "locked_at": now,
+                        "locked_by_node": node,
+                        "locked_until": now + CLEANER_LOCK_LIFETIME,
+                        "job_id": None,
+                    }
+                    # A plain read first: a live lock is left alone without a write.
+                    held = conn.execute(
+                        sa.select(locks.c.token, locks.c.locked_until).where(self._cleaner_lock())
+                    ).first()
+                    if held is not None and held.locked_until > now:
+                        return None
+                    if held is not None:
+                        taken = conn.execute(
+                            locks.update()
+                            .where(self._cleaner_lock(), locks.c.token == held.token)
+                            .values(**values)
+                        ).rowcount
+                        return token if taken == 1 else None
+                    try:
+                        conn.execute(
+                            locks.insert().values(scope=self.scope, queue=CLEANER_LOCK, **values)
+                        )
+                    except IntegrityError as exc:  # another node took it just now
+                        raise _CleanerBusy from exc
+                return token
+            except _CleanerBusy:
+                return None
+
+        return self.db.retrying(run)
+
+    def _release_cleaner_lock(self, token: str) -> None:
+        locks = self.db.tables.locks
+
+        def run() -> None:
+            with self.db.transaction() as conn:
+                conn.execute(locks.delete().where(self._cleaner_lock(), locks.c.token == token))
+
+        try:
+            self.db.retrying(run)
+        except DatabaseError:  # it expires by itself
+            logger.warning("could not release the cleaner lock", exc_info=True)
+
+    def _delete_batches(
+        self, older_than: timedelta, include_ended: bool, batch_size: int, token: str
+    ) -> int:
+        jobs, locks = self.jobs, self.db.tables.locks
         done = [jobs.c.done_at.is_not(None), jobs.c.done_at < sa.bindparam("cutoff")]
         ended = [
             jobs.c.done_at.is_(None),
@@ -380,15 +487,22 @@ class JobStore:
             jobs.c.ended_at < sa.bindparam("cutoff"),
         ]
 
-        def batch(conditions: list[sa.ColumnElement[bool]]) -> int:
+        def batch(conditions: list[sa.ColumnElement[bool]]) -> int | None:
             with self.db.transaction() as conn:
-                cutoff = conn.execute(sa.select(self.db.now())).scalar_one() - older_than
+                now = conn.execute(sa.select(self.db.now())).scalar_one()
+                renewed = conn.execute(
+                    locks.update()
+                    .where(self._cleaner_lock(), locks.c.token == token)
+                    .values(locked_until=now + CLEANER_LOCK_LIFETIME)
+                ).rowcount
+                if renewed != 1:
+                    return None  # our lock expired and was taken over: stop
                 ids: Sequence[int] = (
                     conn.execute(
                         sa.select(jobs.c.id)
                         .where(jobs.c.scope == self.scope, *conditions)
                         .limit(batch_size),
-                        {"cutoff": cutoff},
+                        {"cutoff": now - older_than},
                     )
                     .scalars()
                     .all()
@@ -402,6 +516,9 @@ class JobStore:
             while True:
                 # Deleting ended jobs is idempotent: every transient failure may be retried.
                 count = self.db.retrying(functools.partial(batch, conditions))
+                if count is None:
+                    logger.warning("lost the cleaner lock; stopping", extra={"scope": self.scope})
+                    return deleted
                 deleted += count
                 if count < batch_size:
                     break
