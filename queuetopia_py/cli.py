@@ -11,6 +11,7 @@ Operating the queues of a database (`--repo URL` or QUEUETOPIA_REPO, `--json` fo
     $ queuetopia queues [--scope S]                 # status of every queue, blocked ones marked
     $ queuetopia jobs list --scope S [--state given_up] [--page 2]
     $ queuetopia jobs show 42
+    $ queuetopia jobs create QUEUE ACTION '{"to": "a@b.c"}' --scope S
     $ queuetopia suspend [QUEUE] --scope S          # resume [QUEUE] --scope S
     $ queuetopia cancel 42 | abort 42 | retry 42 [--reason R] [--by B]
     $ queuetopia cleanup --scope S [--older-than SECONDS] [--include-ended]
@@ -23,7 +24,9 @@ commands share QUEUETOPIA_REPO and QUEUETOPIA_PREFIX.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -31,7 +34,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -59,9 +62,10 @@ from queuetopia_py.errors import (
     QueuetopiaError,
     SchemaMissingError,
 )
-from queuetopia_py.job import LISTED_STATES, Job, Page
+from queuetopia_py.job import LISTED_STATES, MAX_DURATION, Job, Page
 from queuetopia_py.migrations import LATEST, current_version, migrate
 from queuetopia_py.queuetopia import Queuetopia
+from queuetopia_py.store.database import translate
 
 # Named explicitly: under `python -m queuetopia_py.cli`, __name__ is "__main__".
 logger = logging.getLogger("queuetopia_py.cli")
@@ -158,6 +162,20 @@ def load_queue_class(path: str) -> type[Queuetopia]:
     return target
 
 
+class Seconds(click.FloatRange):
+    """A duration option in seconds: a finite number, not negative (or positive), at most
+    `MAX_DURATION`."""
+
+    def __init__(self, *, positive: bool = False) -> None:
+        super().__init__(min=0, min_open=positive, max=MAX_DURATION.total_seconds())
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):  # NaN passes any range check
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
 def _queue_class_callback(
     _ctx: click.Context, _param: click.Parameter, value: str
 ) -> type[Queuetopia]:
@@ -225,7 +243,7 @@ def migrate_command(url: str, prefix: str, to: int | None) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(positive=True),
     default=None,
     show_envvar=True,
     help="Seconds between polls of the database (overrides the class's).",
@@ -239,6 +257,15 @@ def migrate_command(url: str, prefix: str, to: int | None) -> None:
 )
 @click.option("--node", default=None, show_envvar=True, help="This worker's node name.")
 @click.option(
+    "--grace-period",
+    type=Seconds(positive=True),
+    default=None,
+    show_envvar=True,
+    help="On SIGTERM or SIGINT, wait at most this many seconds for running attempts to"
+    " finish, then exit with status 1 (their locks expire within the lock lease). Default:"
+    " wait as long as they run.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
@@ -251,14 +278,16 @@ def worker_command(
     poll_interval: float | None,
     max_concurrency: int | None,
     node: str | None,
+    grace_period: float | None,
     log_level: str,
 ) -> None:
     """Run the queues of a Queuetopia subclass until SIGTERM or SIGINT.
 
     MODULE:CLASS names the subclass, e.g. myapp.jobs:MailQueue (or set
     QUEUETOPIA_WORKER_QUEUE); the current directory is searched first. On SIGTERM or
-    SIGINT no new attempt starts and running ones finish before the worker exits; a
-    second signal exits at once.
+    SIGINT no new attempt starts and running ones finish, are recorded and release their
+    queues' locks before the worker exits (within --grace-period, if given); a second
+    signal exits at once.
     """
     configure_logging(log_level)
     given = {
@@ -285,11 +314,19 @@ def worker_command(
     )
     try:
         stop_requested.wait()
-        logger.info("stopping: waiting for running attempts to finish")
-        finished = queue.stop()
+        logger.info(
+            "stopping: waiting for running attempts to finish%s",
+            "" if grace_period is None else f" (at most {grace_period:g} s)",
+        )
+        finished = queue.stop(timeout=grace_period)
     except KeyboardInterrupt:
         raise click.ClickException("interrupted again: exited without waiting") from None
-    logger.info("worker stopped" if finished else "worker stopped; some attempts did not finish")
+    if not finished:
+        raise click.ClickException(
+            "worker stopped before its running attempts finished; their locks expire"
+            " within the lock lease and other nodes take their queues over"
+        )
+    logger.info("worker stopped")
 
 
 def _stop_on_signals() -> threading.Event:
@@ -401,11 +438,8 @@ def ops_errors(url: str, prefix: str) -> Iterator[None]:
         raise click.ClickException(f"{exc}{where}") from exc
     except QueuetopiaError as exc:
         raise click.ClickException(str(exc)) from exc
-    except sa.exc.SQLAlchemyError as exc:
-        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise click.ClickException(
-            f"database error: {text[0] if text else type(exc).__name__}{where}"
-        ) from exc
+    except sa.exc.SQLAlchemyError as exc:  # read outside the library's calls
+        raise click.ClickException(f"{translate(exc)}{where}") from exc
 
 
 class Tables:
@@ -620,6 +654,149 @@ def jobs_show_command(
         echo_lines(render_job(job))
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members; a key given twice is refused (only one could be kept)."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in members:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        members[key] = value
+    return members
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (no NaN or infinities)")
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """The JSON object `text` holds, as `create_job` takes it as params. Refuses, with
+    `click.BadParameter` saying why, text that is not JSON, NaN and infinities (and
+    numbers too large for a float), a key given twice in one object, and any value
+    other than an object.
+
+    >>> parse_params('{"to": "a@b.c", "tries": [1, 2.5, null]}')
+    {'to': 'a@b.c', 'tries': [1, 2.5, None]}
+    """
+    try:
+        value = json.loads(
+            text, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_unique_keys
+        )
+    except RecursionError:
+        raise click.BadParameter("is nested too deeply to be read") from None
+    except ValueError as exc:  # json.JSONDecodeError included
+        raise click.BadParameter(f"is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise click.BadParameter(f"must be a JSON object ({{...}}), not {shown!r}")
+    return value
+
+
+def _params_callback(_ctx: click.Context, _param: click.Parameter, value: str) -> dict[str, Any]:
+    if value == "-":
+        value = sys.stdin.read()
+    return parse_params(value)
+
+
+def _instant_callback(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO-8601 instant (e.g. 2030-05-01T09:30:00+00:00)"
+        ) from None
+    if instant.utcoffset() is None:
+        raise click.BadParameter(
+            f"{value!r} has no UTC offset (e.g. 2030-05-01T09:30:00+00:00 or ...Z)"
+        )
+    return instant
+
+
+@jobs_group.command("create")
+@click.argument("queue")
+@click.argument("action")
+@click.argument("params", default="{}", callback=_params_callback)
+@click.option("--scope", required=True, help="Scope of the job.")
+@click.option(
+    "--timeout",
+    type=Seconds(positive=True),
+    default=None,
+    show_default=False,
+    help=f"Seconds an attempt may run (default: {defaults.TIMEOUT.total_seconds():g}).",
+)
+@click.option(
+    "--max-backoff",
+    type=Seconds(),
+    default=None,
+    show_default=False,
+    help=f"Longest retry delay, seconds (default: {defaults.MAX_BACKOFF.total_seconds():g}).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1, max=2**31 - 1),
+    default=None,
+    show_default=False,
+    help=f"Attempts per round before its failure mode applies (default: {defaults.MAX_ATTEMPTS}).",
+)
+@click.option(
+    "--scheduled-at",
+    callback=_instant_callback,
+    default=None,
+    help="Not before this instant, ISO-8601 with a UTC offset (default: now).",
+)
+@click.option(
+    "--on-failure",
+    default=None,
+    show_default=False,
+    help="give_up (default), block, or move_to:QUEUE.",
+)
+@ops_options
+def jobs_create_command(
+    queue: str,
+    action: str,
+    params: dict[str, Any],
+    scope: str,
+    timeout: float | None,
+    max_backoff: float | None,
+    max_attempts: int | None,
+    scheduled_at: datetime | None,
+    on_failure: str | None,
+    repo: str,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Create a job at the end of QUEUE of a scope, with PARAMS, a JSON object (default
+    {}; - reads it from standard input), and print it.
+
+    Runs `create_job`: a job is written whole, or (an invalid value) not at all.
+    """
+    with open_tables(repo, prefix) as tables:
+        job = tables.scope(scope).create_job(
+            queue,
+            action,
+            params,
+            timeout=timeout,
+            max_backoff=max_backoff,
+            max_attempts=max_attempts,
+            scheduled_at=scheduled_at,
+            on_failure=on_failure,
+        )
+    if as_json:
+        echo_json(job_json(job))
+    else:
+        click.echo(f"created job {job.id} ({job.scope}/{job.queue}, {job.action})")
+
+
 def _whom(queue: str | None, scope: str) -> str:
     return f"scope {scope}" if queue is None else f"queue {queue} of scope {scope}"
 
@@ -791,7 +968,7 @@ for _action in _JOB_ACTION_HELP:
 @click.option("--scope", required=True, help="Scope whose done jobs are deleted.")
 @click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=None,
     show_default=False,
     help=(
@@ -826,7 +1003,6 @@ def cleanup_command(
             deleted = instance.cleanup_jobs(include_ended=include_ended)
             retention = instance.options.job_retention
         else:
-            # cleanup_jobs refuses NaN and huge values
             deleted = instance.cleanup_jobs(older_than, include_ended=include_ended)
             retention = timedelta(seconds=older_than)
     if as_json:

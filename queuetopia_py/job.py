@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,9 @@ from queuetopia_py.errors import InvalidJobError
 
 #: What a duration option accepts: seconds or a `timedelta`.
 Duration = int | float | timedelta
+#: The longest duration accepted (a century): durations are stored as 64-bit counts of
+#: microseconds, and instants they are added to or subtracted from must stay in range.
+MAX_DURATION = timedelta(days=36_500)
 
 #: Every value of `Job.state`.
 JOB_STATES = (
@@ -235,6 +239,8 @@ def to_timedelta(field: str, value: object, *, allow_zero: bool = False) -> time
             raise InvalidJobError(field, value, "is too large") from None
     else:
         raise InvalidJobError(field, value, "must be seconds (int or float) or a timedelta")
+    if delta > MAX_DURATION:
+        raise InvalidJobError(field, value, f"is too large (at most {MAX_DURATION.days} days)")
     if delta < timedelta(0) or (delta == timedelta(0) and not allow_zero):
         raise InvalidJobError(
             field, value, "must not be negative" if allow_zero else "must be positive"
@@ -295,8 +301,20 @@ def to_params(value: object) -> dict[str, Any]:
         raise InvalidJobError("params", value, "must be a JSON object (a dict)")
     _check_json("params", value, 0)
     # A JSON round trip gives exactly what a reader of the row will get back.
-    loaded: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
+    loaded: dict[str, Any] = json.loads(_dumps("params", value))
     return loaded
+
+
+def _dumps(field: str, value: object) -> str:
+    """`value` (checked by `_check_json`) as JSON text."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # an int longer than Python converts to text
+        raise InvalidJobError(
+            field,
+            "...",
+            f"holds an integer of more than {sys.get_int_max_str_digits()} digits",
+        ) from None
 
 
 def to_max_attempts(value: object) -> int:
@@ -352,10 +370,15 @@ class Page:
 def to_result(value: object) -> tuple[Any, str | None]:
     """The JSON value stored for what `perform` returned, and, when it is not JSON (then
     None is stored), why."""
-    if value is None or isinstance(value, bool | int | str):
+    if (
+        value is None
+        or isinstance(value, bool)
+        or (isinstance(value, int) and -(2**63) <= value < 2**63)
+        or (isinstance(value, str) and value.isascii())
+    ):
         return value, None  # the common results, JSON as they are
     try:
         _check_json("result", value, 0)
-        return json.loads(json.dumps(value, allow_nan=False)), None
+        return json.loads(_dumps("result", value)), None
     except (InvalidJobError, TypeError, ValueError) as exc:
         return None, str(exc)

@@ -32,12 +32,12 @@ from sqlalchemy.dialects import mysql, postgresql
 from queuetopia_py import defaults
 from queuetopia_py.errors import ConfigurationError
 
-_PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,30}")
 
 
 def check_prefix(prefix: str) -> str:
     """Return `prefix` if it is a safe SQL identifier prefix, else raise."""
-    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise ConfigurationError(
             f"table_prefix: must be lowercase letters, digits and _, starting with a letter,"
             f" at most 31 characters (got {prefix!r})"

@@ -141,7 +141,7 @@ def test_migrate_rejects_text_that_is_not_a_url() -> None:
 
 def test_migrate_reports_an_unreachable_database_without_a_traceback() -> None:
     result = invoke("migrate", "postgresql://postgres:secret@127.0.0.1:1/nowhere")
-    assert_clean_failure(result, "database error", "127.0.0.1")
+    assert_clean_failure(result, "database unreachable", "127.0.0.1")
     assert "secret" not in result.output
 
 
@@ -255,7 +255,7 @@ def test_operations_commands_reject_text_that_is_not_a_url() -> None:
 
 def test_operations_commands_report_an_unreachable_database_without_the_password() -> None:
     result = invoke("jobs", "show", "7", "--repo", "postgresql://postgres:secret@127.0.0.1:1/db")
-    assert_clean_failure(result, "database error", "127.0.0.1")
+    assert_clean_failure(result, "database unreachable", "127.0.0.1")
     assert result.exit_code == 1
     assert "secret" not in result.output
 
