@@ -6,6 +6,7 @@ EXPECTED = {
     "JOB_STATES",
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "Event",
     "EventKind",
     "Intervention",
