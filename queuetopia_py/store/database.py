@@ -342,7 +342,7 @@ class Database:
                     connection_invalidated=lost,
                     dialect=self.engine.dialect,
                 )
-                raise translate(wrapped) from exc
+                raise translate(wrapped) from wrapped
 
     @contextmanager
     def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
