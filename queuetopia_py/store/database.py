@@ -94,6 +94,11 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     # The most recently used connections first: a few warm connections serve a node,
     # with their prepared statements, instead of every connection of the pool in turn.
     kwargs.setdefault("pool_use_lifo", True)
+    # Every transaction here ends by its own commit or rollback (SQLAlchemy's `close()`
+    # rolls back one left open), so the pool's extra rollback when a connection comes back
+    # is a wasted round trip, and on a connection the server dropped meanwhile (a restart)
+    # it logs a traceback for each.
+    kwargs.setdefault("pool_reset_on_return", None)
     if parsed.get_backend_name() == "postgresql" and "+psycopg" in parsed.drivername:
         # The scheduler runs a small, fixed set of statements: prepare each on its first
         # execution (psycopg sends it in the same round trip) rather than its fifth.
@@ -393,6 +398,7 @@ class Database:
             logger.warning(
                 "transient database error, retrying for up to %.0f s: %s", max_seconds, exc
             )
+        began = time.monotonic()
         # Later failures of the same call are logged at DEBUG: one outage, one warning
         # per call (the scheduler logs the outage and its end once more).
         retryer = Retrying(
@@ -402,7 +408,9 @@ class Database:
             before_sleep=before_sleep_log(logger, logging.DEBUG),
             reraise=True,
         )
-        return retryer(fn)
+        result = retryer(fn)
+        logger.warning("database call succeeded after %.1f s of retries", time.monotonic() - began)
+        return result
 
 
 def check_schema(db: Database) -> None:
