@@ -88,11 +88,12 @@ class AttemptRunner:
             outcome = unready
         else:
             try:
-                with self.lease.keep(claim) if self.lease else contextlib.nullcontext():
+                with self.lease.keep(claim) if self.lease else contextlib.nullcontext() as lapsed:
                     outcome = self.executor.run(
                         job,
                         claim.started + job.timeout.total_seconds(),
                         lambda message, fraction: self.claims.set_progress(job, message, fraction),
+                        lapsed,
                     )
             except Exception as exc:  # the executor itself failed
                 logger.exception(

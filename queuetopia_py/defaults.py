@@ -27,6 +27,9 @@ JOB_RETENTION: Final = timedelta(days=7)
 TABLE_PREFIX: Final = "queuetopia_"
 #: Error recorded for an attempt that outlived its timeout.
 TIMEOUT_ERROR: Final = "job_timeout"
+#: Error recorded for an attempt stopped (process executor) because its queue's lock could
+#: not be renewed before it would expire.
+LEASE_LAPSED_ERROR: Final = "lock_lease_lapsed"
 #: Longest queue, action or scope name accepted.
 MAX_NAME_LENGTH: Final = 255
 #: Most lists and objects nested in one another in `params` and results (MariaDB's JSON

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 _MAX_ERROR_LENGTH = 8000
 # How long a new worker process may take to import the performer and say it is ready.
 _WORKER_START_TIMEOUT = 120.0
+# While an attempt's lock depends on renewals, look this often whether it lapsed.
+_LEASE_CHECK = 0.1
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -69,9 +71,17 @@ def succeeded(value: object) -> Outcome:
 class Executor(Protocol):
     """Runs one attempt of a job and reports its outcome by `deadline` (monotonic time)."""
 
-    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
+    def run(
+        self,
+        job: Job,
+        deadline: float,
+        progress: Reporter | None = None,
+        lapsed: Callable[[], bool] | None = None,
+    ) -> Outcome:
         """Run `performer.perform(job)`, giving up at `deadline`; the attempt's
-        `report_progress` calls go to `progress`."""
+        `report_progress` calls go to `progress`. `lapsed` tells when the queue's lock
+        may be about to expire unrenewed: an executor that can stop the attempt then
+        does."""
         ...
 
     def prepare(self) -> None:
@@ -133,9 +143,15 @@ class ThreadExecutor:
             worker = self._local.worker = _AttemptThread(self.performer)
         return worker
 
-    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
+    def run(
+        self,
+        job: Job,
+        deadline: float,
+        progress: Reporter | None = None,
+        lapsed: Callable[[], bool] | None = None,
+    ) -> Outcome:
         """Run the attempt on this runner's attempt thread and wait for it until
-        `deadline`."""
+        `deadline`. A thread cannot be stopped: `lapsed` is not used."""
         worker = self._worker()
         future = worker.submit(job, progress)
         try:
@@ -175,8 +191,15 @@ class InlineExecutor:
     def __init__(self, performer: Performer) -> None:
         self.performer = performer
 
-    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
-        """Run the attempt now, on this thread; `deadline` is not enforced."""
+    def run(
+        self,
+        job: Job,
+        deadline: float,
+        progress: Reporter | None = None,
+        lapsed: Callable[[], bool] | None = None,
+    ) -> Outcome:
+        """Run the attempt now, on this thread; neither `deadline` nor `lapsed` is
+        enforced."""
         try:
             with reporting(progress):
                 value = self.performer.perform(job)
@@ -336,8 +359,16 @@ class ProcessExecutor:
         worker.process.join()
         worker.conn.close()
 
-    def run(self, job: Job, deadline: float, progress: Reporter | None = None) -> Outcome:
-        """Send the attempt to a worker; kill the worker if it is not done by `deadline`."""
+    def run(
+        self,
+        job: Job,
+        deadline: float,
+        progress: Reporter | None = None,
+        lapsed: Callable[[], bool] | None = None,
+    ) -> Outcome:
+        """Send the attempt to a worker; kill the worker if it is not done by `deadline`,
+        or as soon as `lapsed()` says the queue's lock may expire unrenewed (so that the
+        attempt never runs on while another node takes the queue over)."""
         worker: _Worker | None = getattr(self._reserved, "worker", None)
         self._reserved.worker = None
         if worker is None or not worker.process.is_alive():
@@ -345,7 +376,14 @@ class ProcessExecutor:
         try:
             worker.conn.send(job)
             while True:
-                if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                remaining = deadline - time.monotonic()
+                wait = remaining if lapsed is None else min(remaining, _LEASE_CHECK)
+                if not worker.conn.poll(max(0.0, wait)):
+                    if lapsed is not None and lapsed():
+                        self._kill(worker)
+                        return Outcome(defaults.LEASE_LAPSED_ERROR)
+                    if time.monotonic() < deadline:
+                        continue
                     self._kill(worker)
                     return Outcome(defaults.TIMEOUT_ERROR, timed_out=True)
                 status, payload = worker.conn.recv()

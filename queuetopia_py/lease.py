@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from queuetopia_py import defaults
 from queuetopia_py.backoff import lock_lifetime, needs_renewal
 from queuetopia_py.store.claims import Claim, ClaimStore
 
@@ -49,13 +50,20 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def keep(self, claim: Claim) -> Iterator[None]:
-        """Renew `claim`'s lock while the block runs, if its attempt may outlive it."""
+    def keep(self, claim: Claim) -> Iterator[Callable[[], bool] | None]:
+        """Renew `claim`'s lock while the block runs, if its attempt may outlive it.
+
+        Gives the block a function telling whether the lock may be about to expire for
+        want of renewals (the database was unreachable for most of a lease): an attempt
+        that can be stopped should then be, before another node takes the queue over.
+        Gives None when the lock outlives the attempt's deadline anyway.
+        """
         if not needs_renewal(claim.job.timeout, self.claims.lease):
-            yield
+            yield None
             return
         lifetime = lock_lifetime(claim.job.timeout, self.claims.lease).total_seconds()
         kept = _Kept(claim, claim.started + self.period, claim.started + lifetime)
+        margin = min(defaults.LOCK_MARGIN.total_seconds(), self.period * 3 / 4)
         with self._changed:
             self._kept[claim.token] = kept
             if self._thread is None:
@@ -65,7 +73,7 @@ class LeaseKeeper:
                 self._thread.start()
             self._changed.notify_all()
         try:
-            yield
+            yield lambda: time.monotonic() >= kept.holds_until - margin
         finally:
             with self._changed:
                 self._kept.pop(claim.token, None)

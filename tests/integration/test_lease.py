@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 from recording import Recorder, wait_until
 
-from queuetopia_py import ConfigurationError, DatabaseError, Queuetopia
+from queuetopia_py import ConfigurationError, DatabaseError, Job, Performer, Queuetopia
 from queuetopia_py.backoff import lock_lifetime, needs_renewal
 from queuetopia_py.store.claims import Busy, Claim, ClaimStore
 
@@ -267,3 +267,38 @@ def test_a_restarted_node_reusing_its_name_does_not_inherit_its_live_locks(
     assert not reborn.renew(
         Claim(queue.list_jobs()[0], "not-the-token", queue.list_jobs()[0].attempted_at, 0.0)
     )
+
+
+class _HangsOnce(Performer):
+    def perform(self, job: Job) -> object:
+        if job.attempts == 1:
+            time.sleep(3600)
+        return "second"
+
+
+def test_under_the_process_executor_an_attempt_whose_lock_cannot_be_renewed_is_stopped(
+    make_queue: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewals fail (this node cannot reach the database, others may): the attempt is
+    killed before its lock runs out, so no other node can run the queue meanwhile."""
+    renewals = 0
+
+    def unreachable(self: ClaimStore, claim: Claim, *, retry: bool = True) -> bool:
+        nonlocal renewals
+        renewals += 1
+        raise DatabaseError("database error: connection refused")
+
+    monkeypatch.setattr(ClaimStore, "renew", unreachable)
+    queue = make_queue(
+        performer=_HangsOnce,
+        executor="process",
+        lock_lease=LEASE.total_seconds(),
+        poll_interval=0.2,
+    )
+    job = queue.create_job("q", "a", {}, timeout=600, max_backoff=0)
+    queue.start()
+    wait_until(lambda: queue.get_job(job.id).done, 60, "the job done")
+    stored = queue.get_job(job.id)
+    assert stored.attempts == 2 and stored.result == "second"
+    assert stored.error == "lock_lease_lapsed"
+    assert renewals >= 2  # it kept trying until the lease was nearly out
