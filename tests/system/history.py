@@ -105,7 +105,7 @@ def attempts_of(
         raise ValueError(f"'end' lines without a 'start': {sorted(orphans)}")
     result = []
     for key, s in starts.items():
-        e = ends.get(key)
+        end = ends.get(key)
         result.append(
             Attempt(
                 queue=s["queue"],
@@ -115,9 +115,9 @@ def attempts_of(
                 pid=s["pid"],
                 node=s["node"],
                 start=s["t"],
-                end=None if e is None else e["t"],
-                ok=e is not None and bool(e["ok"]),
-                killed_at=kills.get(s["node"]) if e is None else None,
+                end=None if end is None else end["t"],
+                ok=end is not None and bool(end["ok"]),
+                killed_at=kills.get(s["node"]) if end is None else None,
             )
         )
     return sorted(result, key=lambda a: (a.start, a.job))
@@ -125,11 +125,16 @@ def attempts_of(
 
 # -- checking ------------------------------------------------------------------------------
 
+#: Seconds before a database outage during which an attempt's success may still have been
+#: on its way to the database (its record lost with the connection).
+OUTAGE_SLACK = 1.0
+
 
 def check_history(
     events: Iterable[Mapping[str, Any]],
     expected: Mapping[str, Sequence[int]],
     kills: Mapping[int, float] | None = None,
+    outages: Sequence[tuple[float, float]] = (),
 ) -> list[str]:
     """Every violation of the invariants in the history (an empty list when it is sound).
 
@@ -140,10 +145,20 @@ def check_history(
     - jobs started in creation order, and no attempt started before the previous job of
       its queue had succeeded (its successful attempt ended);
     - no attempt started after its job had succeeded, unless the node of that success was
-      killed (it may have died before recording it: at least once);
+      killed, or the success ended during a database outage or up to `OUTAGE_SLACK`
+      seconds before one (`outages`: the (down, back) instants of each database stop or
+      crash): it may not have been recorded (at least once);
     - every attempt ended, unless its node was killed.
     """
     kills = kills or {}
+
+    def unrecorded(success: Attempt) -> bool:
+        """Whether the success may have gone unrecorded (its node died, or the database
+        was away when it was to be recorded)."""
+        if success.node in kills:
+            return True
+        return any(down - OUTAGE_SLACK <= success.stopped <= back for down, back in outages)
+
     violations: list[str] = []
     position = {job: (queue, i) for queue, jobs in expected.items() for i, job in enumerate(jobs)}
     by_queue: dict[str, list[Attempt]] = defaultdict(list)
@@ -194,7 +209,7 @@ def check_history(
                         f" before job {before}, ahead of it, had succeeded"
                     )
             success = succeeded.get(a.job)
-            if success is not None and success.stopped <= a.start and success.node not in kills:
+            if success is not None and success.stopped <= a.start and not unrecorded(success):
                 violations.append(
                     f"{queue}: job {a.job} attempt {a.attempt} started after the job had succeeded"
                 )

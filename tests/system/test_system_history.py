@@ -142,6 +142,24 @@ def test_a_job_run_again_after_its_success_is_reported_unless_its_node_was_kille
     assert check_history(events, EXPECTED, kills={NODE_A: 2.8}) == []
 
 
+def test_a_job_run_again_after_a_success_that_ended_around_a_database_outage_is_allowed() -> None:
+    events = history(
+        attempt("a", 1, 0.0, 1.0),
+        attempt("a", 2, 1.5, 2.0),
+        attempt("a", 3, 2.5, 2.6),
+        attempt("a", 3, 6.0, 6.1, attempt=2, node=NODE_B),
+        attempt("b", 4, 0.0, 0.1),
+        attempt("b", 5, 0.2, 0.3),
+    )
+    rerun = ["a: job 3 attempt 2 started after the job had succeeded"]
+    # The database went away as (or just after) the success ended: its record was lost.
+    assert check_history(events, EXPECTED, outages=[(2.55, 4.0)]) == []
+    assert check_history(events, EXPECTED, outages=[(3.0, 4.0)]) == []
+    # An outage long after the success, or one that ended before it, excuses nothing.
+    assert check_history(events, EXPECTED, outages=[(4.0, 5.0)]) == rerun
+    assert check_history(events, EXPECTED, outages=[(1.0, 2.0)]) == rerun
+
+
 def test_history_lines_are_read_back_whole_and_a_line_being_written_is_left_out(
     tmp_path: Path,
 ) -> None:
