@@ -77,8 +77,10 @@ def test_nodes_ride_through_a_30_second_outage_and_lose_or_repeat_nothing(
         "every job ran exactly once"
     )
     assert len(before) < len(ran), "the outage began before the last jobs ran"
+    # (A claim committed just as the server went down, its answer lost, counts one more
+    # attempt, never run, in `attempts`: the history above is the measure of runs.)
     for job in cluster.jobs():
-        assert job.done and job.attempts == 1, job
+        assert job.done, job
     for node in nodes:
         log = node.stderr()
         assert "database unreachable" in log or "transient database error" in log, log
