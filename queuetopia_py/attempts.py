@@ -16,6 +16,7 @@ from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.job import Job
 from queuetopia_py.lease import LeaseKeeper
 from queuetopia_py.performer import Performer
+from queuetopia_py.progress import ProgressWriter
 from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue, Recorded
 
 #: What may follow an attempt in its queue: the claim of the queue's next job, taken as
@@ -49,6 +50,7 @@ class AttemptRunner:
         # Renews the locks of attempts that may outlive them (None: never needed, the
         # attempts run inline without a timeout).
         self.lease = lease
+        self.progress = ProgressWriter(claims.set_progress)
 
     def emit(self, kind: EventKind, job: Job, **fields: object) -> None:
         """Emit an event about `job` from this node."""
@@ -88,12 +90,14 @@ class AttemptRunner:
             outcome = unready
         else:
             try:
-                with self.lease.keep(claim) if self.lease else contextlib.nullcontext() as lapsed:
+                # The progress reports end (the last one written) before the outcome is
+                # recorded, while the lock is still kept.
+                with (
+                    self.lease.keep(claim) if self.lease else contextlib.nullcontext() as lapsed,
+                    self.progress.attempt(job) as report,
+                ):
                     outcome = self.executor.run(
-                        job,
-                        claim.started + job.timeout.total_seconds(),
-                        lambda message, fraction: self.claims.set_progress(job, message, fraction),
-                        lapsed,
+                        job, claim.started + job.timeout.total_seconds(), report, lapsed
                     )
             except Exception as exc:  # the executor itself failed
                 logger.exception(

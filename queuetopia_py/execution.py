@@ -79,7 +79,8 @@ class Executor(Protocol):
         lapsed: Callable[[], bool] | None = None,
     ) -> Outcome:
         """Run `performer.perform(job)`, giving up at `deadline`; the attempt's
-        `report_progress` calls go to `progress`. `lapsed` tells when the queue's lock
+        `report_progress` calls go to `progress` (a `ProgressWriter`'s reporter, which
+        returns at once and does not raise). `lapsed` tells when the queue's lock
         may be about to expire unrenewed: an executor that can stop the attempt then
         does."""
         ...
@@ -368,7 +369,9 @@ class ProcessExecutor:
     ) -> Outcome:
         """Send the attempt to a worker; kill the worker if it is not done by `deadline`,
         or as soon as `lapsed()` says the queue's lock may expire unrenewed (so that the
-        attempt never runs on while another node takes the queue over)."""
+        attempt never runs on while another node takes the queue over). Should anything
+        raise meanwhile (`progress`, an interrupt), the worker is killed before the
+        exception leaves: an attempt never runs on without an outcome."""
         worker: _Worker | None = getattr(self._reserved, "worker", None)
         self._reserved.worker = None
         if worker is None or not worker.process.is_alive():
@@ -395,6 +398,12 @@ class ProcessExecutor:
             self._kill(worker)
             code = worker.process.exitcode
             return Outcome(f"worker process exited during the attempt (exit code {code})")
+        except BaseException:
+            # Leaving without an outcome (the progress callback raised, an interrupt):
+            # the attempt may still run in the worker, and would overlap the queue's
+            # next one. It ends here.
+            self._kill(worker)
+            raise
         self._put_back(worker)
         if status != "ok":
             return Outcome(payload)

@@ -23,7 +23,7 @@ from cluster import HERE, process_gone
 from history import attempts_of, read_events
 from node import LOG_ENV, NODE_ENV, HistoryPerformer
 
-from queuetopia_py import Job
+from queuetopia_py import Job, Performer, report_progress
 from queuetopia_py.execution import Outcome, ProcessExecutor
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
@@ -155,3 +155,40 @@ def test_an_attempt_doing_no_work_does_not_time_out_while_its_worker_process_sta
         executor.close()
     started = len(attempts_of(read_events(history)))
     assert errors == [None, None, None], f"{started} of 3 attempts ever started perform"
+
+
+class PidReporter(Performer):
+    """Reports its worker's pid as progress, then works as long as the params say."""
+
+    def perform(self, job: Job) -> object:
+        report_progress(str(os.getpid()))
+        time.sleep(job.params["work"])
+        return "worked"
+
+
+@pytest.mark.parametrize("raised", [RuntimeError("progress not taken"), KeyboardInterrupt()])
+def test_a_worker_process_is_killed_when_its_attempt_leaves_without_an_outcome(
+    raised: BaseException,
+) -> None:
+    executor = ProcessExecutor(PidReporter)
+    pids: list[int] = []
+
+    def progress(message: str | None, fraction: float | None) -> bool:
+        pids.append(int(message or 0))
+        raise raised
+
+    def note(message: str | None, fraction: float | None) -> bool:
+        pids.append(int(message or 0))
+        return True
+
+    try:
+        # The attempt's outcome is never known: were its worker left running, the
+        # attempt's next try would overlap it.
+        with pytest.raises(type(raised)):
+            executor.run(make_job(1, work=60), time.monotonic() + 30, progress)
+        (first,) = pids
+        wait_until(lambda: process_gone(first))
+        assert executor.run(make_job(2, work=0), time.monotonic() + 30, note).error is None
+        assert pids[1] != first
+    finally:
+        executor.close()
