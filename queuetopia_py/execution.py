@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import logging
 import multiprocessing
 import os
@@ -38,6 +39,23 @@ _MAX_ERROR_LENGTH = 8000
 _WORKER_START_TIMEOUT = 120.0
 # While an attempt's lock depends on renewals, look this often whether it lapsed.
 _LEASE_CHECK = 0.1
+
+
+def call_perform(performer: Performer, job: Job) -> object:
+    """Call `performer.perform(job)`: what it returns, or raise. An awaitable it returns
+    (a sync def calling an async function) is refused, never counted as a success: async
+    performers are not supported yet, and nothing here would run its body.
+    """
+    value = performer.perform(job)
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # not run: no "never awaited" warning when it is collected
+            raise TypeError("perform returned a coroutine: async performers are not supported yet")
+        raise TypeError(
+            f"perform returned an awaitable ({type(value).__qualname__}): async performers "
+            "are not supported yet"
+        )
+    return value
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -116,7 +134,7 @@ class _AttemptThread:
             future.set_running_or_notify_cancel()
             try:
                 with reporting(progress):
-                    future.set_result(self.performer.perform(job))
+                    future.set_result(call_perform(self.performer, job))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -203,7 +221,7 @@ class InlineExecutor:
         enforced."""
         try:
             with reporting(progress):
-                value = self.performer.perform(job)
+                value = call_perform(self.performer, job)
         except Exception as exc:
             return Outcome(describe_exception(exc))
         return succeeded(value)
@@ -260,7 +278,7 @@ def _worker_main(conn: Connection, performer: type[Performer] | Performer, paren
             return
         try:
             with reporting(progress):
-                value = instance.perform(job)
+                value = call_perform(instance, job)
             reply: tuple[str, object] = ("ok", to_result(value))
         except BaseException as exc:
             reply = ("error", describe_exception(exc))

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
+from typing import Any
 
 from queuetopia_py.backoff import default_backoff
+from queuetopia_py.errors import ConfigurationError
 from queuetopia_py.job import Job
+
+#: The methods the scheduler calls on a performer.
+_HOOKS = ("perform", "backoff", "handle_failed_job", "handle_succeeded_job")
+
+
+def refuse_async(performer: type[Performer] | Performer) -> None:
+    """Raise `ConfigurationError` if a hook of `performer` (a class, or an instance whose
+    hooks may be set on it) is a coroutine function: nothing would await it.
+
+    >>> refuse_async(MailPerformer())   # returns when every hook is a plain function
+    """
+    owner = (
+        performer.__qualname__
+        if isinstance(performer, type)
+        else f"the {type(performer).__qualname__} instance"
+    )
+    for name in _HOOKS:
+        hook = getattr(performer, name, None)
+        # An object whose calls are coroutines is as async as an `async def`.
+        if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+            getattr(hook, "__call__", None)  # noqa: B004 (its call, not whether it has one)
+        ):
+            raise ConfigurationError(
+                f"performer: {name} of {owner} is an async def (a coroutine function): "
+                f"async performers are not supported yet; define {name} with def"
+            )
 
 
 class Performer:
@@ -22,7 +51,16 @@ class Performer:
 
     A performer is instantiated once per Queuetopia instance (or per worker process with
     `executor="process"`), so it may hold connections and caches.
+
+    Async performers are not supported yet: a subclass whose `perform`, `backoff`,
+    `handle_failed_job` or `handle_succeeded_job` is an `async def` raises
+    `ConfigurationError` when it is defined, and an attempt whose `perform` returns a
+    coroutine (or any awaitable) fails, the coroutine closed without being run.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        refuse_async(cls)
 
     def perform(self, job: Job) -> object:
         """Run one attempt of `job`. Raise to fail the attempt."""

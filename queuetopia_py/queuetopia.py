@@ -47,7 +47,7 @@ from queuetopia_py.job import (
     validate_name,
     validate_new_job,
 )
-from queuetopia_py.performer import Performer
+from queuetopia_py.performer import Performer, refuse_async
 from queuetopia_py.scheduler import RunState, Scheduler
 from queuetopia_py.schema import build_tables
 from queuetopia_py.status import Status, Suspension
@@ -180,6 +180,9 @@ class Options:
             raise ConfigurationError(
                 f"performer: must be a Performer subclass or instance (got {performer!r})"
             )
+        if performer is not None:
+            # Hooks may also be set on an instance, or on a class after its definition.
+            refuse_async(performer)
         return cls(**values)
 
 
