@@ -25,7 +25,7 @@ from queuetopia_py.schema import check_prefix
 if TYPE_CHECKING:  # alembic loads only when migrating: worker processes stay light
     from alembic.operations import Operations
 
-_MODULES = ["v001_initial", "v002_operations"]
+_MODULES = ["v001_initial", "v002_operations", "v003_queues"]
 
 
 def _versions() -> list[ModuleType]:

@@ -3,14 +3,51 @@ results and interventions; the suspensions table; indexes that skip ended jobs."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from queuetopia_py.schema import lock_job_column, ops_columns, suspension_columns, table_options
+from queuetopia_py import defaults
+from queuetopia_py.schema import UtcDateTime, id_type, name_type, table_options
 
 if TYPE_CHECKING:
     from alembic.operations import Operations
+
+
+def ops_columns() -> list[sa.Column[Any]]:
+    """Columns of the jobs table added by schema version 2 (operations)."""
+    return [
+        # None while pending or done; how the job ended otherwise.
+        sa.Column("outcome", sa.String(16), nullable=True),
+        # When it ended without success (set with `outcome`), for the cleaner.
+        sa.Column("ended_at", UtcDateTime(), nullable=True),
+        sa.Column("on_failure", sa.String(defaults.MAX_NAME_LENGTH + 16), nullable=True),
+        sa.Column("round_start", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("failing_since", UtcDateTime(), nullable=True),
+        sa.Column("progress_message", sa.Text(), nullable=True),
+        sa.Column("progress_fraction", sa.Float(precision=53), nullable=True),
+        sa.Column("progress_at", UtcDateTime(), nullable=True),
+        sa.Column("result", sa.JSON(none_as_null=True), nullable=True),
+        sa.Column("interventions", sa.JSON(none_as_null=True), nullable=True),
+    ]
+
+
+def lock_job_column() -> sa.Column[Any]:
+    """The job whose attempt a lock was taken for."""
+    return sa.Column("job_id", id_type(), nullable=True)
+
+
+def suspension_columns(prefix: str) -> list[Any]:
+    """Columns and key of the suspensions table."""
+    return [
+        sa.Column("scope", name_type(), nullable=False),
+        # "" for the whole scope.
+        sa.Column("queue", name_type(), nullable=False),
+        sa.Column("suspended_at", UtcDateTime(), nullable=False),
+        sa.Column("suspended_by", sa.String(defaults.MAX_NAME_LENGTH), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}suspensions"),
+    ]
 
 
 def upgrade(op: Operations, prefix: str) -> None:

@@ -22,15 +22,24 @@ from queuetopia_py.errors import (
     WaitTimeoutError,
 )
 from queuetopia_py.events import Event, EventKind, Subscription
-from queuetopia_py.job import JOB_STATES, Intervention, Job, MoveTo, Page, Progress
+from queuetopia_py.job import (
+    Intervention,
+    Job,
+    JobState,
+    JobSummary,
+    MoveTo,
+    OnFailure,
+    Page,
+    Progress,
+)
 from queuetopia_py.migrations import migrate
+from queuetopia_py.options import Options
 from queuetopia_py.performer import Performer
 from queuetopia_py.progress import report_progress
 from queuetopia_py.queuetopia import Queuetopia
 from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status, Suspension
 
 __all__ = [
-    "JOB_STATES",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -46,9 +55,13 @@ __all__ = [
     "JobGivenUpError",
     "JobInProgressError",
     "JobNotFoundError",
+    "JobState",
     "JobStateError",
+    "JobSummary",
     "Lock",
     "MoveTo",
+    "OnFailure",
+    "Options",
     "Page",
     "Performer",
     "Progress",

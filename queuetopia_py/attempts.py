@@ -7,29 +7,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from queuetopia_py.backoff import default_backoff, next_attempt_at
 from queuetopia_py.events import Event, EventBus, EventKind
 from queuetopia_py.execution import Executor, Outcome, describe_exception
-from queuetopia_py.job import Job
+from queuetopia_py.job import Job, JobState
 from queuetopia_py.lease import LeaseKeeper
 from queuetopia_py.performer import Performer
 from queuetopia_py.progress import ProgressWriter
-from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue, Recorded
-
-#: What may follow an attempt in its queue: the claim of the queue's next job, taken as
-#: the success was recorded; `NotDue` or `Interrupted` for that head; None when nothing
-#: was claimed.
-Following = Claim | NotDue | Interrupted | None
+from queuetopia_py.store.locks import Claim, Interrupted
+from queuetopia_py.store.records import Following, Recorded, RecordStore
 
 logger = logging.getLogger("queuetopia_py.attempts")
 
 _ENDED = {
-    "given_up": EventKind.JOB_GIVEN_UP,
-    "dead_lettered": EventKind.JOB_DEAD_LETTERED,
+    JobState.GIVEN_UP: EventKind.JOB_GIVEN_UP,
+    JobState.DEAD_LETTERED: EventKind.JOB_DEAD_LETTERED,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """How an attempt went, once recorded: its outcome; what follows it in its queue
+    (see `Following`); and after a failure, the seconds until the job's next attempt
+    (about: None when it has none, having met its failure mode, or when the record was
+    lost)."""
+
+    outcome: Outcome
+    following: Following = None
+    retry_in: float | None = None
 
 
 class AttemptRunner:
@@ -37,20 +45,20 @@ class AttemptRunner:
 
     def __init__(
         self,
-        claims: ClaimStore,
+        records: RecordStore,
         executor: Executor,
         performer: Performer,
         events: EventBus,
         lease: LeaseKeeper | None = None,
     ) -> None:
-        self.claims = claims
+        self.records = records
         self.executor = executor
         self.performer = performer
         self.events = events
         # Renews the locks of attempts that may outlive them (None: never needed, the
         # attempts run inline without a timeout).
         self.lease = lease
-        self.progress = ProgressWriter(claims.set_progress)
+        self.progress = ProgressWriter(records.set_progress)
 
     def emit(self, kind: EventKind, job: Job, **fields: object) -> None:
         """Emit an event about `job` from this node."""
@@ -58,31 +66,24 @@ class AttemptRunner:
             Event(
                 kind=kind,
                 scope=job.scope,
-                node=self.claims.node,
+                node=self.records.where.node,
                 queue=job.queue,
                 job=job,
                 **fields,  # type: ignore[arg-type]
             )
         )
 
-    def run(self, claim: Claim, unready: Outcome | None = None) -> Outcome:
-        """Run and record the attempt `claim` holds. Its deadline counts from
-        `claim.started`, taken before the database's time was read for the lock, so it
-        falls before the lock's expiry (or the lock is renewed meanwhile, when the
-        timeout is longer than the lease). `unready` is the failure to record instead of
-        running (executor not ready)."""
-        return self._run(claim, unready, claim_next=False)[0]
+    def run(
+        self, claim: Claim, unready: Outcome | None = None, *, claim_next: bool = False
+    ) -> Attempted:
+        """Run and record the attempt `claim` holds; with `claim_next`, a success also
+        claims the queue's next job in the transaction that records it (the queue's lock
+        passing from one job to the next).
 
-    def run_and_claim_next(
-        self, claim: Claim, unready: Outcome | None = None
-    ) -> tuple[Outcome, Following]:
-        """`run`, and on success claim the queue's next job in the transaction that
-        records it, the queue's lock passing from one job to the next."""
-        return self._run(claim, unready, claim_next=True)
-
-    def _run(
-        self, claim: Claim, unready: Outcome | None, *, claim_next: bool
-    ) -> tuple[Outcome, Following]:
+        The attempt's deadline counts from `claim.started`, taken before the database's
+        time was read for the lock, so it falls before the lock's expiry (or the lock is
+        renewed meanwhile, when the timeout is longer than the lease). `unready` is the
+        failure to record instead of running (executor not ready)."""
         job = claim.job
         self.emit(EventKind.ATTEMPT_STARTED, job, attempt=job.attempts)
         began = time.monotonic()
@@ -107,9 +108,9 @@ class AttemptRunner:
                 outcome = Outcome(describe_exception(exc))
         duration = time.monotonic() - began
         if outcome.error is None:
-            return outcome, self._succeeded(claim, outcome, duration, claim_next=claim_next)
-        self._failed(claim, outcome, duration)
-        return outcome, None
+            following = self._succeeded(claim, outcome, duration, claim_next=claim_next)
+            return Attempted(outcome, following)
+        return Attempted(outcome, retry_in=self._failed(claim, outcome, duration))
 
     def _succeeded(
         self, claim: Claim, outcome: Outcome, duration: float, *, claim_next: bool
@@ -124,9 +125,9 @@ class AttemptRunner:
             )
         following: Following = None
         if claim_next:
-            done, following = self.claims.record_success_and_claim(claim, outcome.result)
+            done, following = self.records.record_success_and_claim(claim, outcome.result)
         else:
-            done = self.claims.record_success(claim, outcome.result)
+            done = self.records.record_success(claim, outcome.result)
         if done is None:
             logger.warning(
                 "success not recorded: the attempt was recorded already or its lock was taken over",
@@ -140,7 +141,8 @@ class AttemptRunner:
             logger.exception("handle_succeeded_job raised", extra=log)
         return following
 
-    def _failed(self, claim: Claim, outcome: Outcome, duration: float) -> None:
+    def _failed(self, claim: Claim, outcome: Outcome, duration: float) -> float | None:
+        """Record the failed attempt; return the seconds until the job's next attempt."""
         job = claim.job
         assert outcome.error is not None and job.attempted_at is not None
         try:
@@ -151,7 +153,7 @@ class AttemptRunner:
             logger.exception("performer.backoff failed; using the default backoff")
             delay = default_backoff(job.round_attempts - 1, job.max_backoff)
         next_at = next_attempt_at(job.attempted_at, job.round_attempts, job.max_attempts, delay)
-        recorded = self.claims.record_failure(
+        recorded = self.records.record_failure(
             claim, outcome.error, next_at, keep_lock=outcome.wait_stopped is not None
         )
         if recorded is None:
@@ -159,10 +161,12 @@ class AttemptRunner:
                 "failure not recorded: the attempt was recorded already or its lock was taken over",
                 extra={"scope": job.scope, "queue": job.queue, "job_id": job.id},
             )
-            return
+            return None
         kind = EventKind.ATTEMPT_TIMED_OUT if outcome.timed_out else EventKind.ATTEMPT_FAILED
         self.emit(kind, recorded.job, attempt=job.attempts, duration=duration, error=outcome.error)
         self._ended(recorded, outcome.error, exhausted=next_at is None)
+        # The attempt began `duration` ago, about when `attempted_at` was read.
+        return None if next_at is None else (delay.total_seconds() - duration)
 
     def interrupted(self, claim: Interrupted) -> None:
         """The head's final attempt was never recorded: report its failure mode."""
@@ -179,7 +183,7 @@ class AttemptRunner:
                 error=error,
                 moved_to=recorded.moved_to,
             )
-        elif exhausted and job.state == "blocked":
+        elif exhausted and job.state is JobState.BLOCKED:
             self.emit(EventKind.JOB_BLOCKED, job, attempt=job.attempts, error=error)
         try:
             self.performer.handle_failed_job(job)
@@ -188,6 +192,6 @@ class AttemptRunner:
                 "handle_failed_job raised",
                 extra={"scope": job.scope, "queue": job.queue, "job_id": job.id},
             )
-            self.claims.set_error(
+            self.records.set_error(
                 job, f"{error}\n\nhandle_failed_job raised: {describe_exception(exc)}"
             )

@@ -43,14 +43,17 @@ import sqlalchemy as sa
 
 from queuetopia_py import defaults
 from queuetopia_py.cli_tables import (
+    after_footer,
     dumps,
     fmt_duration,
     fmt_suspension,
     fmt_time,
     job_json,
+    jobs_after_json,
     jobs_page_json,
     queues_json,
     render_job,
+    render_jobs,
     render_jobs_page,
     render_queues,
 )
@@ -62,7 +65,7 @@ from queuetopia_py.errors import (
     QueuetopiaError,
     SchemaMissingError,
 )
-from queuetopia_py.job import LISTED_STATES, MAX_DURATION, Job, Page
+from queuetopia_py.job import MAX_DURATION, STORED_STATES, Job, Page
 from queuetopia_py.migrations import LATEST, current_version, migrate
 from queuetopia_py.queuetopia import Queuetopia
 from queuetopia_py.store.database import translate
@@ -559,19 +562,38 @@ def echo_json(document: Any) -> None:
 
 @cli.command("queues")
 @click.option("--scope", default=None, help="Show only this scope (default: every scope).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=MAX_PAGE_SIZE),
+    default=100,
+    show_default=True,
+    help="Show at most this many queues of each scope (blocked ones first).",
+)
+@click.option(
+    "--after",
+    default=None,
+    metavar="QUEUE",
+    help="With --scope: show the queues that follow QUEUE (the next page).",
+)
 @ops_options
-def queues_command(scope: str | None, repo: str, prefix: str, as_json: bool) -> None:
-    """Show the status of each queue and the running attempts.
+def queues_command(
+    scope: str | None, limit: int, after: str | None, repo: str, prefix: str, as_json: bool
+) -> None:
+    """Show the status of each queue with pending work and the running attempts.
 
     One row per queue: pending and failed jobs, state, head job, its attempts, next
-    attempt and last error, and the queue's lock (holder and until when).
+    attempt and last error, and the queue's lock (holder and until when). Blocked queues
+    come first, the longest failing first; then the others by name, --limit of them per
+    scope (the report says how to see the next ones).
 
     Blocked queues (their head job failed) are marked with "!" (and red on a terminal).
     The state is blocked, suspended, running, waiting (pending jobs, none running) or idle.
     """
+    if after is not None and scope is None:
+        raise click.UsageError("--after needs --scope: a page follows a queue of one scope")
     with open_tables(repo, prefix) as tables:
         scopes = [scope] if scope is not None else tables.known_scopes()
-        statuses = [tables.scope(name).status() for name in scopes]
+        statuses = [tables.scope(name).status(limit, after=after) for name in scopes]
     if as_json:
         echo_json(queues_json(statuses))
     else:
@@ -591,7 +613,7 @@ def jobs_group() -> None:
 @click.option("--action", default=None, help="Only the jobs of this action.")
 @click.option(
     "--state",
-    type=click.Choice(LISTED_STATES, case_sensitive=False),
+    type=click.Choice([str(s) for s in STORED_STATES], case_sensitive=False),
     default=None,
     help="Only the jobs in this state (pending includes retrying and blocked jobs).",
 )
@@ -604,6 +626,14 @@ def jobs_group() -> None:
     default=50,
     help="Jobs per page.",
 )
+@click.option(
+    "--after",
+    type=JOB_ID,
+    default=None,
+    metavar="ID",
+    help="List the jobs that follow job ID (instead of --page): as fast deep in the"
+    " history as at its start, without counting the total.",
+)
 @ops_options
 def jobs_list_command(
     scope: str | None,
@@ -612,6 +642,7 @@ def jobs_list_command(
     state: str | None,
     page: int,
     page_size: int,
+    after: int | None,
     repo: str,
     prefix: str,
     as_json: bool,
@@ -620,13 +651,24 @@ def jobs_list_command(
 
     Shows each job's id, queue, action, state, attempts, next attempt (or when it was
     done) and a one-line summary of its error (for a traceback, the exception line),
-    then "page N of M (T jobs)".
+    then "page N of M (T jobs)", or with --after, the option that lists the next ones.
     """
+    if after is not None and page != 1:
+        raise click.UsageError("--after and --page choose the page two ways: give one")
     with open_tables(repo, prefix) as tables:
         if scope is None:
             scope = tables.only_scope()
         if scope is None:  # no job, lock or suspension at all in these tables
             listing = Page(items=[], total=0, page_number=page, page_size=page_size)
+        elif after is not None:
+            items = tables.scope(scope).list_jobs(
+                queue, action=action, state=state, limit=page_size, after=after
+            )
+            if as_json:
+                echo_json(jobs_after_json(scope, after, page_size, items))
+            else:
+                echo_lines([*render_jobs(items), after_footer(items, page_size)])
+            return
         else:
             listing = tables.scope(scope).paginate_jobs(
                 page_size, page, queue=queue, action=action, state=state

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from queuetopia_py.job import Job, Page
+from queuetopia_py.job import Job, JobState, JobSummary, Page
 from queuetopia_py.status import QueueStatus, RunningAttempt, Status, Suspension
 
 #: The queue states the `queues` table shows, most pressing first.
@@ -30,7 +30,7 @@ BLOCKED_MARK = "!"
 def plain(value: Any) -> Any:
     """`value` as JSON-ready data: datetimes as ISO-8601 strings, timedeltas as seconds
     (float), dataclasses as objects (a `Job` also gets its `state`), tuples as lists."""
-    if isinstance(value, Job):
+    if isinstance(value, JobSummary):
         return job_json(value)
     if isinstance(value, datetime):
         return value.isoformat()
@@ -45,7 +45,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def job_json(job: Job) -> dict[str, Any]:
+def job_json(job: JobSummary) -> dict[str, Any]:
     """Every field of `job`, plus its `state` and `round_attempts`, as JSON-ready data."""
     data: dict[str, Any] = {f.name: plain(getattr(job, f.name)) for f in dataclasses.fields(job)}
     data["state"] = job.state
@@ -123,7 +123,7 @@ def fmt_relative(value: datetime | None, now: datetime) -> str:
     return f"{fmt_time(value)} ({when})"
 
 
-def fmt_progress(job: Job) -> str:
+def fmt_progress(job: JobSummary) -> str:
     """What the job's running attempt last reported: `40% copying`, or "-"."""
     progress = job.progress
     if progress is None:
@@ -245,12 +245,17 @@ def _running_attempts(statuses: Sequence[Status]) -> list[RunningAttempt]:
 
 
 def queues_summary(statuses: Sequence[Status]) -> dict[str, int]:
-    """Counts of queues, blocked queues and suspended queues."""
-    queues = [queue for status in statuses for queue in status.queues]
+    """Counts of every queue with pending work or a lock (shown or not), of those
+    blocked, and of the suspended queues (a suspended scope's queues all count)."""
     return {
-        "queues": len(queues),
-        "blocked": sum(1 for queue in queues if queue.blocked),
-        "suspended": sum(1 for queue in queues if queue.suspended is not None),
+        "queues": sum(status.queue_count for status in statuses),
+        "blocked": sum(status.blocked_count for status in statuses),
+        "suspended": sum(
+            status.queue_count
+            if status.suspended is not None
+            else sum(1 for s in status.suspensions if s.queue is not None)
+            for status in statuses
+        ),
     }
 
 
@@ -273,6 +278,7 @@ def queues_json(statuses: Sequence[Status]) -> dict[str, Any]:
             plain(status.suspended) for status in statuses if status.suspended is not None
         ],
         "running": [running_json(attempt) for attempt in _running_attempts(statuses)],
+        "more": {status.scope: status.next_after for status in statuses if status.next_after},
     }
 
 
@@ -284,7 +290,7 @@ def _next_attempt(queue: QueueStatus, now: datetime) -> str:
     if running is not None and running.job.id == head.id:
         return "running now"
     if head.next_attempt_at is None:
-        return "manual retry" if head.state == "blocked" else "-"
+        return "manual retry" if head.state is JobState.BLOCKED else "-"
     return fmt_relative(head.next_attempt_at, now)
 
 
@@ -340,6 +346,11 @@ def render_queues(statuses: Sequence[Status]) -> list[str]:
     text = summary_line(summary)
     lines += ["", click.style(text, fg="red", bold=True) if summary["blocked"] else text]
     for status in statuses:
+        if status.next_after is not None:
+            lines.append(
+                f"scope {status.scope}: {len(status.queues)} of {status.queue_count} queues"
+                f" shown; the next ones: --scope {status.scope} --after {status.next_after}"
+            )
         if status.suspended is not None:
             lines.append(
                 click.style(
@@ -347,6 +358,16 @@ def render_queues(statuses: Sequence[Status]) -> list[str]:
                     fg="yellow",
                 )
             )
+        shown = {queue.queue for queue in status.queues}
+        for suspension in status.suspensions:
+            if suspension.queue is not None and suspension.queue not in shown:
+                lines.append(
+                    click.style(
+                        f"queue {suspension.queue} of scope {status.scope} suspended "
+                        f"{fmt_suspension(suspension)} (nothing pending)",
+                        fg="yellow",
+                    )
+                )
     attempts = _running_attempts(statuses)
     lines.append("")
     if not attempts:
@@ -385,8 +406,8 @@ def job_when(job: Job) -> str:
     return "-"
 
 
-def render_jobs_page(page: Page) -> list[str]:
-    """A page of `jobs list`: a table of the jobs and a footer `page N of M (T jobs)`."""
+def render_jobs(jobs: Sequence[Job]) -> list[str]:
+    """The table of `jobs list` (its footer apart)."""
     rows = [
         [
             str(job.id),
@@ -397,28 +418,49 @@ def render_jobs_page(page: Page) -> list[str]:
             job_when(job),
             error_summary(job.error) or "-",
         ]
-        for job in page.items
+        for job in jobs
     ]
     styles: list[Mapping[str, Any] | None] = [
-        {"fg": "red"} if job.state in ("retrying", "blocked") else None for job in page.items
+        {"fg": "red"} if job.state in (JobState.RETRYING, JobState.BLOCKED) else None
+        for job in jobs
     ]
-    lines = (
-        render_table(
-            ("ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT ATTEMPT / DONE AT", "ERROR"),
-            rows,
-            styles,
-        )
-        if rows
-        else ["no jobs"]
+    if not rows:
+        return ["no jobs"]
+    return render_table(
+        ("ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT ATTEMPT / DONE AT", "ERROR"),
+        rows,
+        styles,
     )
-    lines.append(page_footer(page))
-    return lines
+
+
+def render_jobs_page(page: Page) -> list[str]:
+    """A page of `jobs list`: a table of the jobs and a footer `page N of M (T jobs)`."""
+    return [*render_jobs(page.items), page_footer(page)]
 
 
 def page_footer(page: Page) -> str:
     """`page N of M (T jobs)`."""
     noun = "job" if page.total == 1 else "jobs"
     return f"page {page.page_number} of {page.total_pages} ({page.total} {noun})"
+
+
+def after_footer(jobs: Sequence[Job], page_size: int) -> str:
+    """The footer of a `jobs list --after` page: how to list the next ones."""
+    if len(jobs) < page_size or not jobs:
+        return "no more jobs"
+    return f"the next ones: --after {jobs[-1].id}"
+
+
+def jobs_after_json(scope: str, after: int, page_size: int, jobs: Sequence[Job]) -> dict[str, Any]:
+    """The document of `jobs list --after --json`."""
+    more = len(jobs) == page_size and bool(jobs)
+    return {
+        "scope": scope,
+        "after": after,
+        "page_size": page_size,
+        "next_after": jobs[-1].id if more else None,
+        "jobs": [job_json(job) for job in jobs],
+    }
 
 
 def jobs_page_json(scope: str | None, page: Page) -> dict[str, Any]:

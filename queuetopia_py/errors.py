@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from queuetopia_py.job import Job
+    from queuetopia_py.job import Job, JobSummary
 
 
 class QueuetopiaError(Exception):
@@ -73,7 +73,7 @@ class JobInProgressError(JobStateError):
 class JobFailedError(QueuetopiaError):
     """`wait_for`: the job ended without success (`job` tells how)."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job | JobSummary) -> None:
         self.job = job
         last = (job.error or "").strip().splitlines()
         detail = f": {last[-1]}" if last else ""

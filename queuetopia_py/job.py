@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import sys
@@ -19,25 +20,51 @@ Duration = int | float | timedelta
 #: microseconds, and instants they are added to or subtracted from must stay in range.
 MAX_DURATION = timedelta(days=36_500)
 
-#: Every value of `Job.state`.
-JOB_STATES = (
-    "pending",
-    "retrying",
-    "blocked",
-    "done",
-    "given_up",
-    "cancelled",
-    "aborted",
-    "dead_lettered",
+
+class JobState(enum.StrEnum):
+    """Every value of `Job.state`. A `StrEnum`: each compares equal to its string."""
+
+    #: Waiting for its turn (or running): it holds its place in its queue.
+    PENDING = "pending"
+    #: Pending, its last attempt failed: it is retried after its backoff.
+    RETRYING = "retrying"
+    #: Pending, out of attempts under `on_failure="block"`: it waits for an operator.
+    BLOCKED = "blocked"
+    #: An attempt succeeded.
+    DONE = "done"
+    #: Used all its attempts without success (the default failure mode).
+    GIVEN_UP = "given_up"
+    #: Withdrawn by an operator before it ran to success.
+    CANCELLED = "cancelled"
+    #: Given up by an operator so that its queue moves on.
+    ABORTED = "aborted"
+    #: Used all its attempts and was moved to a dead-letter queue.
+    DEAD_LETTERED = "dead_lettered"
+
+
+#: The states a job is stored in (and can be listed by): "pending" covers the retrying and
+#: blocked jobs too.
+STORED_STATES = (
+    JobState.PENDING,
+    JobState.DONE,
+    JobState.GIVEN_UP,
+    JobState.CANCELLED,
+    JobState.ABORTED,
+    JobState.DEAD_LETTERED,
 )
-#: States a job can be listed by: "pending" covers pending, retrying and blocked.
-LISTED_STATES = ("pending", "done", "given_up", "cancelled", "aborted", "dead_lettered")
-#: Values of `Job.outcome`: how a job ended without success.
-OUTCOMES = ("given_up", "cancelled", "aborted", "dead_lettered")
-#: `Job.on_failure` values other than `move_to:<queue>`.
-GIVE_UP = "give_up"
-BLOCK = "block"
-_MOVE_TO = "move_to:"
+#: The states of a job that ended without success (`Job.outcome`).
+OUTCOMES = (JobState.GIVEN_UP, JobState.CANCELLED, JobState.ABORTED, JobState.DEAD_LETTERED)
+
+
+class OnFailure(enum.StrEnum):
+    """What happens to a job once it has used `max_attempts` (`Job.on_failure`)."""
+
+    #: It is given up: it stays in the table, not done, and its queue moves on.
+    GIVE_UP = "give_up"
+    #: It stays its queue's head, blocking it, until an operator acts.
+    BLOCK = "block"
+    #: It moves to the dead-letter queue `Job.dead_letter_queue` and its queue moves on.
+    MOVE_TO = "move_to"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,27 +81,23 @@ class MoveTo:
         return f"{_MOVE_TO}{self.queue}"
 
 
+_MOVE_TO = "move_to:"
+
 #: What `on_failure` accepts: "give_up" (default), "block", `MoveTo(queue)` or "move_to:<queue>".
 FailureMode = str | MoveTo
 
 
-def to_on_failure(value: object) -> str:
-    """Validate a failure mode and return its stored form."""
+def to_on_failure(value: object) -> tuple[OnFailure, str | None]:
+    """Validate a failure mode; return it and the dead-letter queue it names (if any)."""
     if isinstance(value, MoveTo):
         value = str(value)
-    if value in (GIVE_UP, BLOCK):
-        return str(value)
+    if isinstance(value, str) and value in (OnFailure.GIVE_UP, OnFailure.BLOCK):
+        return OnFailure(value), None
     if isinstance(value, str) and value.startswith(_MOVE_TO):
-        validate_name("on_failure", value[len(_MOVE_TO) :])
-        return value
+        return OnFailure.MOVE_TO, validate_name("on_failure", value[len(_MOVE_TO) :])
     raise InvalidJobError(
         "on_failure", value, "must be 'give_up', 'block' or MoveTo(queue) ('move_to:<queue>')"
     )
-
-
-def dead_letter_queue(on_failure: str) -> str | None:
-    """The queue a `move_to:<queue>` failure mode names, else None."""
-    return on_failure[len(_MOVE_TO) :] if on_failure.startswith(_MOVE_TO) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,25 +140,25 @@ class Intervention:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Job:
-    """One stored job, as read from the database. Immutable.
+class JobSummary:
+    """A stored job without its `params` and `result`: what `status()` shows of a
+    queue's head and of a running attempt, read without loading what may be large.
+    `Job` has every field of it, and those two. Immutable.
 
     Instants are timezone-aware UTC datetimes; `timeout` and `max_backoff` are timedeltas.
     `attempts` counts the attempts started so far (it never goes down: an operator's retry
     starts a new round at `round_start`). A job is *done* when `done_at` is set; it ended
     without success when `outcome` is set (given up, cancelled, aborted or moved to a
-    dead-letter queue); otherwise it is pending and runs at `next_attempt_at` at the
-    earliest, or waits for an operator when that is `None` (`state` "blocked").
-
-    >>> job.params["email_address"]
-    'toto@mail.com'
+    dead-letter queue, at `ended_at`); otherwise it is pending and runs at
+    `next_attempt_at` at the earliest, or waits for an operator when that is `None`
+    (`state` "blocked"). `on_failure` says what happens once it has used `max_attempts`;
+    with `OnFailure.MOVE_TO`, `dead_letter_queue` names the queue it moves to.
     """
 
     id: int
     scope: str
     queue: str
     action: str
-    params: dict[str, Any]
     timeout: timedelta
     max_backoff: timedelta
     max_attempts: int
@@ -147,13 +170,13 @@ class Job:
     done_at: datetime | None
     error: str | None
     inserted_at: datetime
-    outcome: str | None = None
+    outcome: JobState | None = None
     ended_at: datetime | None = None
-    on_failure: str = GIVE_UP
+    on_failure: OnFailure = OnFailure.GIVE_UP
+    dead_letter_queue: str | None = None
     round_start: int = 0
     failing_since: datetime | None = None
     progress: Progress | None = None
-    result: Any = None
     interventions: tuple[Intervention, ...] = ()
 
     @property
@@ -169,7 +192,7 @@ class Job:
     @property
     def given_up(self) -> bool:
         """Whether the job used all its attempts without success and was given up."""
-        return self.done_at is None and self.outcome == "given_up"
+        return self.done_at is None and self.outcome is JobState.GIVEN_UP
 
     @property
     def pending(self) -> bool:
@@ -182,18 +205,39 @@ class Job:
         return self.attempts - self.round_start
 
     @property
-    def state(self) -> str:
-        """One of `JOB_STATES`: pending, retrying, blocked, done, given_up, cancelled,
-        aborted or dead_lettered."""
+    def stored_state(self) -> JobState:
+        """The state the job is stored (and listed) in: pending (retrying and blocked
+        included), done, or how it ended."""
         if self.done_at is not None:
-            return "done"
-        if self.outcome is not None:
-            return self.outcome
+            return JobState.DONE
+        return self.outcome or JobState.PENDING
+
+    @property
+    def state(self) -> JobState:
+        """Where the job stands: pending, retrying, blocked, done, given_up, cancelled,
+        aborted or dead_lettered."""
+        stored = self.stored_state
+        if stored is not JobState.PENDING:
+            return stored
         if self.next_attempt_at is None:
-            return "blocked"
+            return JobState.BLOCKED
         if self.error is not None and self.round_attempts > 0:
-            return "retrying"
-        return "pending"
+            return JobState.RETRYING
+        return JobState.PENDING
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job(JobSummary):
+    """One stored job, as read from the database: every field of `JobSummary`, and
+    `params` (the JSON object it was created with) and `result` (the JSON value its
+    successful attempt returned). Immutable.
+
+    >>> job.params["email_address"]
+    'toto@mail.com'
+    """
+
+    params: dict[str, Any]
+    result: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,7 +251,8 @@ class NewJob:
     max_backoff: timedelta
     max_attempts: int
     scheduled_at: datetime | None
-    on_failure: str = GIVE_UP
+    on_failure: OnFailure = OnFailure.GIVE_UP
+    dead_letter_queue: str | None = None
 
 
 def validate_name(field: str, value: object) -> str:
@@ -337,9 +382,10 @@ def validate_new_job(
     max_backoff: object,
     max_attempts: object,
     scheduled_at: object,
-    on_failure: object = GIVE_UP,
+    on_failure: object = OnFailure.GIVE_UP,
 ) -> NewJob:
     """Check every argument of `create_job`; raise `InvalidJobError` naming the first bad one."""
+    mode, dead_letter = to_on_failure(on_failure)
     return NewJob(
         queue=validate_name("queue", queue),
         action=validate_name("action", action),
@@ -348,7 +394,8 @@ def validate_new_job(
         max_backoff=to_timedelta("max_backoff", max_backoff, allow_zero=True),
         max_attempts=to_max_attempts(max_attempts),
         scheduled_at=None if scheduled_at is None else to_utc("scheduled_at", scheduled_at),
-        on_failure=to_on_failure(on_failure),
+        on_failure=mode,
+        dead_letter_queue=dead_letter,
     )
 
 

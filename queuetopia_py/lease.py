@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from queuetopia_py import defaults
 from queuetopia_py.backoff import lock_lifetime, needs_renewal
-from queuetopia_py.store.claims import Claim, ClaimStore
+from queuetopia_py.store.locks import Claim, LockStore
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ class _Kept:
 class LeaseKeeper:
     """Renews the locks of running attempts that may outlive them (see the module)."""
 
-    def __init__(self, claims: ClaimStore) -> None:
-        self.claims = claims
-        self.period = claims.lease.total_seconds() / 3
+    def __init__(self, locks: LockStore) -> None:
+        self.locks = locks
+        self.lease = locks.where.lease
+        self.period = self.lease.total_seconds() / 3
         self._kept: dict[str, _Kept] = {}
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -58,10 +59,10 @@ class LeaseKeeper:
         that can be stopped should then be, before another node takes the queue over.
         Gives None when the lock outlives the attempt's deadline anyway.
         """
-        if not needs_renewal(claim.job.timeout, self.claims.lease):
+        if not needs_renewal(claim.job.timeout, self.lease):
             yield None
             return
-        lifetime = lock_lifetime(claim.job.timeout, self.claims.lease).total_seconds()
+        lifetime = lock_lifetime(claim.job.timeout, self.lease).total_seconds()
         kept = _Kept(claim, claim.started + self.period, claim.started + lifetime)
         margin = min(defaults.LOCK_MARGIN.total_seconds(), self.period * 3 / 4)
         with self._changed:
@@ -109,7 +110,7 @@ class LeaseKeeper:
         log = {"scope": claim.job.scope, "queue": claim.job.queue, "job_id": claim.job.id}
         started = time.monotonic()
         try:
-            held = self.claims.renew(claim, retry=False)
+            held = self.locks.renew(claim, retry=False)
         except Exception as exc:
             kept.renew_at = time.monotonic() + min(_RETRY, self.period / 4)
             if not kept.failing:
@@ -124,7 +125,11 @@ class LeaseKeeper:
             return
         if not held:
             with self._changed:
-                running = self._kept.pop(claim.token, None) is not None
+                # Only this attempt's entry: each claim (a lock passed on included) has a
+                # token of its own.
+                running = self._kept.get(claim.token) is kept
+                if running:
+                    del self._kept[claim.token]
             if running:  # (else the attempt ended, and its record released the lock)
                 logger.error(
                     "the lock of a running attempt was lost: another node may run its queue",
@@ -134,6 +139,6 @@ class LeaseKeeper:
         if kept.failing:
             kept.failing = False
             logger.warning("renewed the lock of a running attempt again", extra=log)
-        lifetime = lock_lifetime(claim.job.timeout, self.claims.lease).total_seconds()
+        lifetime = lock_lifetime(claim.job.timeout, self.lease).total_seconds()
         kept.renew_at = started + self.period
         kept.holds_until = started + lifetime

@@ -8,19 +8,16 @@ import getpass
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from datetime import timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 
 from queuetopia_py import defaults, listener
+from queuetopia_py.commits import CommitFollower
 from queuetopia_py.errors import (
     ConfigurationError,
     InvalidJobError,
@@ -35,29 +32,23 @@ from queuetopia_py.errors import (
 from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
 from queuetopia_py.execution import Executor, ProcessExecutor, ThreadExecutor
 from queuetopia_py.job import (
-    GIVE_UP,
     Duration,
     FailureMode,
     Job,
+    JobState,
     NewJob,
     Page,
-    to_max_attempts,
-    to_on_failure,
     to_timedelta,
     validate_name,
     validate_new_job,
 )
-from queuetopia_py.performer import Performer, refuse_async
+from queuetopia_py.options import Options
 from queuetopia_py.scheduler import RunState, Scheduler
 from queuetopia_py.schema import build_tables
 from queuetopia_py.status import Status, Suspension
-from queuetopia_py.store.announcements import (
-    MAX_QUEUES_ANNOUNCED,
-    Announcement,
-    announce,
-    channel,
-)
+from queuetopia_py.store.announcements import MAX_QUEUES_ANNOUNCED, channel
 from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.cleaner import Cleaner
 from queuetopia_py.store.control import ControlStore
 from queuetopia_py.store.database import Database, check_schema, create_engine
 from queuetopia_py.store.inspection import Inspection
@@ -65,9 +56,6 @@ from queuetopia_py.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
 
-# Seconds after a caller's commit at which the scheduler is woken for a job created
-# in that transaction.
-_AFTER_COMMIT_WAKES = (0.0, 0.05, 0.5, 2.0)
 # `wait_for` reads the job again after this long, doubling up to the maximum.
 _WAIT_FIRST_POLL = 0.02
 _WAIT_MAX_POLL = 0.5
@@ -84,17 +72,12 @@ _JOB_ITEM_KEYS = frozenset(
         "on_failure",
     }
 )
-_FAILED_ERRORS: dict[str, type[JobFailedError]] = {
-    "given_up": JobGivenUpError,
-    "cancelled": JobCancelledError,
-    "aborted": JobAbortedError,
-    "dead_lettered": JobDeadLetteredError,
+_FAILED_ERRORS: dict[JobState, type[JobFailedError]] = {
+    JobState.GIVEN_UP: JobGivenUpError,
+    JobState.CANCELLED: JobCancelledError,
+    JobState.ABORTED: JobAbortedError,
+    JobState.DEAD_LETTERED: JobDeadLetteredError,
 }
-
-
-def default_node() -> str:
-    """A node name unique to this instance: `host:pid:random`."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def default_operator() -> str:
@@ -104,86 +87,6 @@ def default_operator() -> str:
     except Exception:  # no user name in this environment (some containers)
         user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
     return f"{user}@{socket.gethostname()}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Options:
-    """Every option of a Queuetopia instance, validated. See docs/configuration.md."""
-
-    repo: str | URL | Engine
-    performer: type[Performer] | Performer | None = None
-    scope: str = ""
-    node: str = field(default_factory=default_node)
-    poll_interval: float = defaults.POLL_INTERVAL
-    max_concurrency: int = defaults.MAX_CONCURRENCY
-    executor: Literal["thread", "process"] = "thread"
-    disabled: bool = False
-    table_prefix: str = defaults.TABLE_PREFIX
-    cleanup_interval: float | None = None
-    job_retention: timedelta = defaults.JOB_RETENTION
-    timeout: timedelta = defaults.TIMEOUT
-    max_backoff: timedelta = defaults.MAX_BACKOFF
-    max_attempts: int = defaults.MAX_ATTEMPTS
-    on_failure: str = GIVE_UP
-    lock_lease: timedelta = defaults.LOCK_LEASE
-
-    @classmethod
-    def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
-        """Validate raw keyword options; raise `ConfigurationError` naming the bad one."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        if options.get("repo") is None:
-            raise ConfigurationError("repo: a database URL or SQLAlchemy Engine is required")
-        values = dict(options)
-        values.setdefault("scope", default_scope)
-        try:
-            validate_name("scope", values["scope"])
-            if "node" in values:
-                validate_name("node", values["node"])
-            for name in ("timeout", "max_backoff", "job_retention", "lock_lease"):
-                if name in values:
-                    values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
-            if "max_attempts" in values:
-                to_max_attempts(values["max_attempts"])
-            if "on_failure" in values:
-                values["on_failure"] = to_on_failure(values["on_failure"])
-            if "poll_interval" in values:
-                values["poll_interval"] = to_timedelta(
-                    "poll_interval", values["poll_interval"]
-                ).total_seconds()
-            if values.get("cleanup_interval") is not None:
-                values["cleanup_interval"] = to_timedelta(
-                    "cleanup_interval", values["cleanup_interval"]
-                ).total_seconds()
-        except InvalidJobError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if values.get("lock_lease", defaults.LOCK_LEASE) < timedelta(seconds=1):
-            raise ConfigurationError(
-                f"lock_lease: must be at least 1 second (got {values['lock_lease']!r})"
-            )
-        concurrency = values.get("max_concurrency", defaults.MAX_CONCURRENCY)
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ConfigurationError(f"max_concurrency: must be an int >= 1 (got {concurrency!r})")
-        if values.get("executor", "thread") not in ("thread", "process"):
-            raise ConfigurationError(
-                f"executor: must be 'thread' or 'process' (got {values['executor']!r})"
-            )
-        performer = values.get("performer")
-        if performer is not None and not (
-            isinstance(performer, Performer)
-            or (isinstance(performer, type) and issubclass(performer, Performer))
-        ):
-            raise ConfigurationError(
-                f"performer: must be a Performer subclass or instance (got {performer!r})"
-            )
-        if performer is not None:
-            # Hooks may also be set on an instance, or on a class after its definition.
-            refuse_async(performer)
-        return cls(**values)
 
 
 class Queuetopia:
@@ -222,6 +125,11 @@ class Queuetopia:
         )
         self._db = Database(engine, build_tables(self.options.table_prefix))
         self._jobs = JobStore(self._db, self.scope)
+        self._cleaner = Cleaner(self._db, self.scope)
+        # Tells of the jobs created in callers' transactions once those commit.
+        self._commits = CommitFollower(
+            lambda job_id: self.get_job(job_id) is not None, self._created
+        )
         # Names this instance in its announcements, so that it is not woken by its own.
         self._origin = uuid.uuid4().hex
         self._control = ControlStore(self._db, self.scope, self._origin)
@@ -285,27 +193,7 @@ class Queuetopia:
             scheduled_at=scheduled_at,
             on_failure=opts.on_failure if on_failure is None else on_failure,
         )
-        # PostgreSQL: the same statement announces the job to the other nodes.
-        announcing = None
-        if self._db.dialect == "postgresql":
-            announcing = Announcement(self.scope, new.queue, self._origin).to_payload()
-        if connection is not None:
-            with self._db.transaction(connection) as conn:
-                job = self._jobs.insert(conn, new, announcing=announcing)
-
-            self._follow_commit(connection, [job])
-            return job
-
-        def insert() -> Job:
-            if announcing is not None:  # one statement, committed by itself
-                return self._jobs.insert_announced(new, announcing)
-            with self._db.transaction() as conn:
-                return self._jobs.insert(conn, new)
-
-        job = self._db.retrying(insert, conflicts_only=True)
-        self._emit(EventKind.JOB_CREATED, job)
-        self._offer([job.queue])
-        return job
+        return self._create([new], connection)[0]
 
     def create_jobs(
         self, jobs: Iterable[Mapping[str, Any]], *, connection: Connection | None = None
@@ -322,27 +210,30 @@ class Queuetopia:
         ...                    for t in recipients])
         """
         news = [self._validate_item(index, item) for index, item in enumerate(jobs)]
-        if not news:
-            return []
-        queues = [new.queue for new in news]
+        return self._create(news, connection) if news else []
+
+    def _create(self, news: list[NewJob], connection: Connection | None) -> list[Job]:
+        """Store `news` (in the caller's transaction, with `connection`), announce them to
+        the other nodes (PostgreSQL) and offer their queues to this node's scheduler."""
         if connection is not None:
             with self._db.transaction(connection) as conn:
-                created = self._jobs.insert_many(conn, news)
-                self._announce(conn, queues)
-            self._follow_commit(connection, created)
+                created = self._jobs.create(conn, news, origin=self._origin)
+            self._commits.follow(connection, created)
             return created
 
         def insert() -> list[Job]:
             with self._db.transaction() as conn:
-                created = self._jobs.insert_many(conn, news)
-                self._announce(conn, queues)
-                return created
+                return self._jobs.create(conn, news, origin=self._origin)
 
         created = self._db.retrying(insert, conflicts_only=True)
+        self._created(created)
+        return created
+
+    def _created(self, created: list[Job]) -> None:
+        """Tell of jobs that exist now: their events, and their queues offered."""
         for job in created:
             self._emit(EventKind.JOB_CREATED, job)
-        self._offer(queues)
-        return created
+        self._offer([job.queue for job in created])
 
     def _validate_item(self, index: int, item: Mapping[str, Any]) -> NewJob:
         where = f"jobs[{index}]"
@@ -393,20 +284,32 @@ class Queuetopia:
         state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        after: int | None = None,
     ) -> list[Job]:
-        """This scope's jobs in queue order, optionally filtered.
+        """This scope's jobs in queue order (`scheduled_at`, then creation), optionally
+        filtered.
 
         `available=True` keeps pending jobs (neither done nor ended otherwise), `False`
         the others. `state` keeps one of "pending" (which includes retrying and blocked
         jobs), "done", "given_up", "cancelled", "aborted" or "dead_lettered".
+
+        `after` (a job id) starts the listing after that job: page through a long
+        listing with `limit` and the last id of each page, at a cost that follows the
+        page, however much history lies before it (`offset` reads what it skips).
+
+        >>> page = queue.list_jobs(state="done", limit=100)
+        >>> following = queue.list_jobs(state="done", limit=100, after=page[-1].id)
         """
-        return self._jobs.list(
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
+            raise InvalidJobError("after", after, "must be a job id (an int)")
+        return self._jobs.list_jobs(
             queue=queue,
             action=action,
             available=available,
             state=state,
             limit=limit,
             offset=offset,
+            after=after,
         )
 
     def paginate_jobs(
@@ -423,7 +326,7 @@ class Queuetopia:
         for name, value in (("page_size", page_size), ("page_number", page_number)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidJobError(name, value, "must be an int >= 1")
-        items = self._jobs.list(
+        items = self._jobs.list_jobs(
             queue=queue,
             action=action,
             available=available,
@@ -443,8 +346,9 @@ class Queuetopia:
     ) -> int:
         """Delete this scope's jobs done longer than `older_than` ago (default: the
         `job_retention` option). With `include_ended`, also those that ended without
-        success (given up, cancelled, aborted, moved) that long ago. Returns how many
-        were deleted.
+        success (given up, cancelled, aborted, moved) that long ago. A job run or
+        withdrawn before its scheduled time is deleted once that time is as old too.
+        Returns how many were deleted.
 
         Deletes in batches of 1000, each in a short transaction of its own, holding the
         scope's cleaner lock: one node at a time cleans a scope. While another node
@@ -455,7 +359,7 @@ class Queuetopia:
             if older_than is None
             else to_timedelta("older_than", older_than, allow_zero=True)
         )
-        deleted = self._jobs.delete_completed(
+        deleted = self._cleaner.delete_completed(
             retention, include_ended=include_ended, node=self.node, skip_if_busy=skip_if_busy
         )
         if deleted:
@@ -475,13 +379,14 @@ class Queuetopia:
         deadline = None if limit is None else time.monotonic() + limit.total_seconds()
         pause = _WAIT_FIRST_POLL
         while True:
-            job = self._jobs.get(job_id)
+            # Read without its params (which may be large) until it has ended.
+            job = self._jobs.summary(job_id)
             if job is None:
                 raise JobNotFoundError(job_id, self.scope)
             if job.done:
-                return job.result
+                return self._jobs.result(job_id)
             if job.outcome is not None:
-                raise _FAILED_ERRORS[job.outcome](job)
+                raise _FAILED_ERRORS[job.outcome](self._jobs.get(job_id) or job)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeoutError(
                     f"job {job_id} still {job.state} after {limit.total_seconds():g} s"
@@ -494,11 +399,25 @@ class Queuetopia:
 
     # -- operations --------------------------------------------------------------------
 
-    def status(self) -> Status:
-        """This scope's queues (pending and failed counts, head, lock, suspension) and
-        the attempts each node runs, read in one short transaction. Its cost grows with
-        the pending work, not with the completed history."""
-        return self._inspection.status()
+    def status(self, limit: int | None = None, *, after: str | None = None) -> Status:
+        """This scope's queues with pending work or a lock (pending and failed counts,
+        head, lock, suspension), blocked ones first, and the attempts each node runs,
+        read in one short transaction.
+
+        With `limit`, one page of at most that many queues; `Status.next_after` then
+        names the queue to pass as `after` for the next page. Its cost follows the page
+        (and the scope's count of queues), never the jobs' history.
+
+        >>> first = queue.status(limit=100)
+        >>> second = queue.status(limit=100, after=first.next_after)
+        """
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise InvalidJobError("limit", limit, "must be an int >= 1")
+        if after is not None:
+            validate_name("after", after)
+        return self._inspection.status(limit, after)
 
     def suspend(
         self, queue: str | None = None, *, by: str | None = None, reason: str | None = None
@@ -675,10 +594,6 @@ class Queuetopia:
         if scheduler is not None:
             scheduler.wake()
 
-    def _announce(self, conn: Connection, queues: list[str]) -> None:
-        """Tell the other nodes listening (PostgreSQL) about new work in `queues`."""
-        announce(conn, self._db.tables, self.scope, queues, self._origin)
-
     def _offer(self, queues: list[str]) -> None:
         """Wake this node's scheduler for new work in `queues`."""
         scheduler = self._scheduler
@@ -690,44 +605,6 @@ class Queuetopia:
             return
         for queue in distinct:
             scheduler.offer(queue)
-
-    def _follow_commit(self, connection: Connection, jobs: list[Job]) -> None:
-        """Once the caller's transaction commits, wake the scheduler and announce `jobs`;
-        if it rolls back, forget them."""
-        live = [True]
-
-        def committed(_conn: Connection) -> None:
-            if live[0]:
-                live[0] = False
-                self._after_commit(jobs)
-
-        def rolled_back(_conn: Connection) -> None:
-            live[0] = False
-
-        event.listen(connection, "commit", committed, once=True)
-        event.listen(connection, "rollback", rolled_back, once=True)
-
-    def _after_commit(self, jobs: list[Job]) -> None:
-        # SQLAlchemy's "commit" event fires just *before* the database commits, so a
-        # poll woken now may not see the jobs yet: wake again shortly after, and announce
-        # the jobs once they can be read (never, if the commit failed). They were written
-        # in one transaction: when one can be read, all can.
-        def follow() -> None:
-            started = time.monotonic()
-            announced = False
-            for delay in _AFTER_COMMIT_WAKES:
-                time.sleep(max(0.0, started + delay - time.monotonic()))
-                self._wake()
-                if not announced:
-                    try:
-                        announced = self._jobs.get(jobs[-1].id) is not None
-                    except Exception:
-                        logger.debug("could not read jobs after commit", exc_info=True)
-                    if announced:
-                        for job in jobs:
-                            self._emit(EventKind.JOB_CREATED, job)
-
-        threading.Thread(target=follow, name="queuetopia-after-commit", daemon=True).start()
 
     def __enter__(self) -> Queuetopia:
         self.start()

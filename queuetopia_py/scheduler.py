@@ -24,14 +24,15 @@ from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from queuetopia_py.attempts import AttemptRunner
+from queuetopia_py.attempts import Attempted, AttemptRunner
 from queuetopia_py.backoff import lock_lifetime
 from queuetopia_py.events import EventBus
 from queuetopia_py.execution import Executor, Outcome, describe_exception
 from queuetopia_py.lease import LeaseKeeper
 from queuetopia_py.performer import Performer
-from queuetopia_py.store.claims import Busy, Claim, ClaimStore, Interrupted, NotDue
+from queuetopia_py.store.claims import ClaimStore
 from queuetopia_py.store.database import is_transient
+from queuetopia_py.store.locks import Claim, Interrupted, NotDue, Taken
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,13 @@ class Scheduler:
         cleanup_interval: float | None = None,
     ) -> None:
         self.claims = claims
+        self.locks = claims.locks
+        self.scope = claims.where.scope
         self.executor = executor
         self.performer = performer
-        self.attempts = AttemptRunner(claims, executor, performer, events, LeaseKeeper(claims))
+        self.attempts = AttemptRunner(
+            claims.records, executor, performer, events, LeaseKeeper(claims.locks)
+        )
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.state = RunState.STOPPED
@@ -90,9 +95,11 @@ class Scheduler:
         self._wake = threading.Event()
         self._holding: set[str] = set()
         self._active: set[str] = set()
-        # Due queues listed by the last poll that no runner has taken yet.
-        self._waiting: deque[str] = deque()
-        # Queues whose head is not due yet: left aside until that monotonic time.
+        # Due queues listed by the last poll (or offered) that no runner has taken yet, in
+        # line: a dict, for membership at no cost.
+        self._waiting: dict[str, None] = {}
+        # Queues whose head is not due yet (or whose runner failed): left aside until
+        # that monotonic time.
         self._not_due: dict[str, float] = {}
         # Running queues offered new work: their runner claims again before leaving them.
         self._recheck: set[str] = set()
@@ -132,7 +139,7 @@ class Scheduler:
         self._triggers.start()
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop,
-            name=f"queuetopia-dispatch-{self.claims.scope}",
+            name=f"queuetopia-dispatch-{self.scope}",
             daemon=True,
         )
         self._dispatcher.start()
@@ -170,7 +177,7 @@ class Scheduler:
                     "stopped while timed-out attempts still run in queues %s; their locks "
                     "are renewed until they return",
                     sorted(self._holding),
-                    extra={"scope": self.claims.scope},
+                    extra={"scope": self.scope},
                 )
         self.executor.close()
         self.state = RunState.STOPPED
@@ -199,8 +206,8 @@ class Scheduler:
             elif len(self._active) < self.max_concurrency:
                 self._active.add(queue)
                 start = self._launch_locked(queue)
-            elif queue not in self._waiting:
-                self._waiting.append(queue)
+            else:
+                self._waiting.setdefault(queue)
         if start:
             self._start_runner(queue)
 
@@ -222,7 +229,7 @@ class Scheduler:
         wait: float | None = 0.0
         pause = _ERROR_PAUSE
         failing_since: float | None = None  # monotonic time of the first failed poll
-        log = {"scope": self.claims.scope}
+        log = {"scope": self.scope}
         while True:
             self._wake.wait(wait)
             self._wake.clear()
@@ -259,17 +266,20 @@ class Scheduler:
         with self._active_lock:
             now = time.monotonic()
             self._not_due = {q: t for q, t in self._not_due.items() if t > now}
-            exclude = self._active | set(self._not_due)
             free = self.max_concurrency - len(self._active)
-        result = self.claims.poll(free + _EXTRA_LISTED, exclude)
+        # The queues this node runs are locked (so not listed); those it leaves aside are
+        # left out here: no list of names travels to the database.
+        result = self.claims.poll(free + _EXTRA_LISTED)
         to_start = []
         with self._active_lock:
             # Queues offered while the poll ran stay in line after the listed ones.
-            listed = [q for q in result.queues if q not in self._active]
+            listed = dict.fromkeys(
+                q for q in result.queues if q not in self._active and q not in self._not_due
+            )
             offered = [q for q in self._waiting if q not in self._active and q not in listed]
-            self._waiting = deque([*listed, *offered])
+            self._waiting = {**listed, **dict.fromkeys(offered)}
             while self._waiting and len(self._active) < self.max_concurrency:
-                queue = self._waiting.popleft()
+                queue = self._pop_waiting()
                 self._active.add(queue)
                 if self._launch_locked(queue):
                     to_start.append(queue)
@@ -282,6 +292,12 @@ class Scheduler:
         # The interval trigger wakes the dispatcher anyway; a far-off due time (a job
         # scheduled years ahead) must not overflow the wait.
         return max(0.0, min(*waits, self.poll_interval)) if waits else None
+
+    def _pop_waiting(self) -> str:
+        """The first queue in line, taken out of it (called with the lock held)."""
+        queue = next(iter(self._waiting))
+        del self._waiting[queue]
+        return queue
 
     def _launch_locked(self, queue: str) -> bool:
         """Hand the newly active `queue` to an idle runner if one waits; else say that a
@@ -302,7 +318,7 @@ class Scheduler:
             assert self._cleaner is not None
             self._cleaner()
         except Exception:
-            logger.exception("job cleanup failed", extra={"scope": self.claims.scope})
+            logger.exception("job cleanup failed", extra={"scope": self.scope})
 
     # -- one queue ---------------------------------------------------------------------
 
@@ -321,10 +337,10 @@ class Scheduler:
                 return queue
             self._active.discard(queue)
             if more:
-                self._waiting.append(queue)
+                self._waiting.setdefault(queue)
             now = time.monotonic()
             while self._waiting and self.state is RunState.RUNNING:
-                candidate = self._waiting.popleft()
+                candidate = self._pop_waiting()
                 if candidate not in self._active and self._not_due.get(candidate, 0) <= now:
                     self._active.add(candidate)
                     return candidate
@@ -359,14 +375,14 @@ class Scheduler:
         queue: str | None = first
         turn = time.monotonic()
         # The claim of the queue's next job, taken as the last success was recorded.
-        claim: Claim | NotDue | Busy | Interrupted | None = None
+        claim: Taken = None
         try:
-            with self.claims.db.pinned():
+            with self.claims.where.db.pinned():
                 while queue is not None:
                     if self.state is not RunState.RUNNING:
                         if isinstance(claim, Claim):
                             # Taken with the last record, just before stopping began.
-                            self.claims.give_back(claim)
+                            self.locks.give_back(claim)
                         break
                     unready = self._prepare()
                     if claim is None:
@@ -376,7 +392,7 @@ class Scheduler:
                         turn = time.monotonic()
                     queue = following
         except Exception as exc:
-            log = {"scope": self.claims.scope, "queue": queue}
+            log = {"scope": self.scope, "queue": queue}
             if is_transient(exc):  # the database is down: no traceback for each runner
                 logger.warning(
                     "queue runner stopped, database unreachable; leaving the queue aside"
@@ -403,12 +419,8 @@ class Scheduler:
             self.wake()
 
     def _step(
-        self,
-        queue: str,
-        claim: Claim | NotDue | Busy | Interrupted | None,
-        unready: Outcome | None,
-        turn: float,
-    ) -> tuple[Claim | NotDue | Busy | Interrupted | None, str | None]:
+        self, queue: str, claim: Taken, unready: Outcome | None, turn: float
+    ) -> tuple[Taken, str | None]:
         """Act on what claiming `queue` gave; return what follows in the queue (a claim
         taken with the record) and the queue the runner goes on with."""
         if isinstance(claim, Interrupted):
@@ -421,21 +433,33 @@ class Scheduler:
             wait = self.poll_interval
             if claim.wait is not None:
                 wait = min(wait, claim.wait.total_seconds())
-            with self._active_lock:
-                self._not_due[queue] = time.monotonic() + wait
+            self._leave_aside(queue, wait)
             return None, self._next_queue(queue, more=False)
         if isinstance(claim, Claim):
             # While the queue's turn lasts, the success is recorded and the queue's next
             # job claimed in one transaction.
             keep = self._may_keep(turn)
-            failed, following = self._attempt(claim, unready, claim_next=keep)
-            if following is None:
-                # Nothing was claimed: after a failure or a success recorded alone, the
-                # queue may have more due work; after a success that claimed nothing,
-                # it has none.
-                return None, self._next_queue(queue, more=failed or not keep, turn=turn)
-            return following, queue
+            attempted = self._attempt(claim, unready, claim_next=keep)
+            if attempted.following is not None:
+                return attempted.following, queue
+            # Nothing was claimed. After a success recorded alone, the queue may have
+            # more due work; after a success that claimed nothing, it has none. After a
+            # failure, its head waits for its backoff (left aside until then, without a
+            # claim), or the queue moved on (more work may be due).
+            more = not keep
+            if attempted.outcome.error is not None:
+                retry_in = attempted.retry_in
+                more = retry_in is None or retry_in <= 0
+                if not more:
+                    self._leave_aside(queue, min(retry_in or 0.0, self.poll_interval))
+            return None, self._next_queue(queue, more=more, turn=turn)
         return None, self._next_queue(queue, more=False)  # empty, or claimed by another node
+
+    def _leave_aside(self, queue: str, seconds: float) -> None:
+        """Leave `queue` out of the polls' listings on this node for `seconds`: the poll
+        after that looks at it again."""
+        with self._active_lock:
+            self._not_due[queue] = time.monotonic() + seconds
 
     def _may_keep(self, turn: float) -> bool:
         """Whether a runner whose turn began at `turn` may go on with its queue."""
@@ -453,22 +477,17 @@ class Scheduler:
         try:
             self.executor.prepare()
         except Exception as exc:
-            logger.exception("executor could not get ready", extra={"scope": self.claims.scope})
+            logger.exception("executor could not get ready", extra={"scope": self.scope})
             return Outcome(describe_exception(exc))
         return None
 
-    def _attempt(
-        self, claim: Claim, unready: Outcome | None, *, claim_next: bool
-    ) -> tuple[bool, Claim | NotDue | Interrupted | None]:
-        """Run the attempt; return whether it failed and, with `claim_next`, what
-        follows it in the queue."""
-        if claim_next:
-            outcome, following = self.attempts.run_and_claim_next(claim, unready)
-        else:
-            outcome, following = self.attempts.run(claim, unready), None
-        if outcome.wait_stopped is not None:
-            self._hold_until_stopped(claim, outcome.wait_stopped)
-        return outcome.error is not None, following
+    def _attempt(self, claim: Claim, unready: Outcome | None, *, claim_next: bool) -> Attempted:
+        """Run the attempt and record it (with `claim_next`, claiming what follows it in
+        the queue)."""
+        attempted = self.attempts.run(claim, unready, claim_next=claim_next)
+        if attempted.outcome.wait_stopped is not None:
+            self._hold_until_stopped(claim, attempted.outcome.wait_stopped)
+        return attempted
 
     def _hold_until_stopped(self, claim: Claim, wait_stopped: Callable[[float], bool]) -> None:
         """Keep the queue locked while a timed-out attempt's thread still runs."""
@@ -476,16 +495,17 @@ class Scheduler:
         logger.warning("attempt timed out but its thread still runs; queue stays locked", extra=log)
         # Renew even while stopping: exclusivity holds for as long as this process (and
         # so the thread) lives; once the process exits, the lock simply expires.
-        period = max(lock_lifetime(claim.job.timeout, self.claims.lease).total_seconds() / 3, 0.05)
+        lease = self.claims.where.lease
+        period = max(lock_lifetime(claim.job.timeout, lease).total_seconds() / 3, 0.05)
         with self._idle:
             self._holding.add(claim.job.queue)
             self._idle.notify_all()
         try:
             while not wait_stopped(period):
-                if not self.claims.renew(claim):
+                if not self.locks.renew(claim):
                     logger.error("lock of a still-running timed-out attempt was lost", extra=log)
                     return
-            self.claims.release(claim)
+            self.locks.release(claim)
         finally:
             with self._idle:
                 self._holding.discard(claim.job.queue)

@@ -1,7 +1,7 @@
 """The SQLAlchemy Core tables. Every name carries a prefix (default `queuetopia_`).
 
-`jobs` holds one row a job; `locks` one row a locked queue. The column types are shared
-with the migration history, which must produce exactly these tables.
+The column types are shared with the migration history, which must produce exactly
+these tables (a test compares them).
 """
 
 from __future__ import annotations
@@ -101,42 +101,44 @@ def table_options() -> dict[str, Any]:
 
 #: The `suspensions.queue` value that suspends a whole scope (no queue name is empty).
 WHOLE_SCOPE = ""
+#: Longest free text stored (errors, progress messages, reasons), in UTF-8 bytes: what a
+#: MariaDB/MySQL TEXT column holds.
+MAX_TEXT_BYTES = 65_535
 
 
-def ops_columns() -> list[Column[Any]]:
-    """Columns of the jobs table added by schema version 2 (operations)."""
-    return [
-        # None while pending or done; how the job ended otherwise (see job.OUTCOMES).
-        Column("outcome", String(16), nullable=True),
-        # When it ended without success (set with `outcome`), for the cleaner.
-        Column("ended_at", UtcDateTime(), nullable=True),
-        Column("on_failure", String(defaults.MAX_NAME_LENGTH + 16), nullable=True),
-        Column("round_start", Integer(), nullable=False, server_default="0"),
-        Column("failing_since", UtcDateTime(), nullable=True),
-        Column("progress_message", Text(), nullable=True),
-        Column("progress_fraction", Float(precision=53), nullable=True),
-        Column("progress_at", UtcDateTime(), nullable=True),
-        Column("result", JSON(none_as_null=True), nullable=True),
-        Column("interventions", JSON(none_as_null=True), nullable=True),
-    ]
+def normalize_text(text: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    r"""`text` as every database stores it alike: NUL characters (which PostgreSQL
+    refuses) and lone surrogates (which no UTF-8 column holds) are replaced with U+FFFD,
+    and text longer than `max_bytes` in UTF-8 is cut, ending with "...".
+
+    >>> normalize_text("bad\x00byte") == "bad\ufffdbyte"
+    True
+    """
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = text.replace("\x00", "\ufffd")
+    if len(text) * 4 <= max_bytes:
+        return text
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max_bytes - 3].decode("utf-8", "ignore") + "..."
 
 
-def lock_job_column() -> Column[Any]:
-    """The job whose attempt a lock was taken for (schema version 2)."""
-    return Column("job_id", id_type(), nullable=True)
+class FreeText(TypeDecorator[str]):
+    """A free-text column (an error, a progress message, a reason): whatever is written
+    is normalised by `normalize_text`, so that no text can fail to be stored."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else normalize_text(value)
 
 
-def suspension_columns(prefix: str) -> list[Any]:
-    """Columns and key of the suspensions table (schema version 2)."""
-    return [
-        Column("scope", name_type(), nullable=False),
-        # WHOLE_SCOPE ("") for the whole scope.
-        Column("queue", name_type(), nullable=False),
-        Column("suspended_at", UtcDateTime(), nullable=False),
-        Column("suspended_by", String(defaults.MAX_NAME_LENGTH), nullable=False),
-        Column("reason", Text(), nullable=True),
-        PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}suspensions"),
-    ]
+def claim_token_type() -> Any:
+    """The token of one claim of a queue (32 hex digits)."""
+    return String(32)
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,21 @@ class Tables:
     prefix: str
     metadata: MetaData
     jobs: Table
+    queues: Table
     locks: Table
     suspensions: Table
     schema_version: Table
 
 
 def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
-    """Describe the tables under `prefix` (validated)."""
+    """Describe the tables under `prefix` (validated): schema version 3.
+
+    `jobs` holds one row a job. `queues` holds one row a queue with pending work (or
+    locked): its head job, the head's due time, its pending count, and its lock, kept
+    exact by the statements that change its jobs. `locks` holds the scope-wide locks
+    of the nodes' own duties (the cleaner's). `suspensions` one row a suspended queue or
+    scope.
+    """
     check_prefix(prefix)
     metadata = MetaData()
     jobs = Table(
@@ -172,21 +182,37 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("next_attempt_at", UtcDateTime(), nullable=True),
         Column("scheduled_at", UtcDateTime(), nullable=False),
         Column("done_at", UtcDateTime(), nullable=True),
-        Column("error", Text(), nullable=True),
+        Column("error", FreeText(), nullable=True),
         Column("inserted_at", UtcDateTime(), nullable=False),
-        *ops_columns(),
-        # Head of a queue, and a queue's jobs in order.
-        Index(
-            f"ix_{prefix}jobs_queue_order",
-            "scope",
-            "queue",
-            "done_at",
-            "outcome",
-            "scheduled_at",
-            "id",
-        ),
-        # Pending work of a scope that is due, without touching ended jobs.
-        Index(f"ix_{prefix}jobs_due", "scope", "done_at", "outcome", "next_attempt_at", "queue"),
+        # When it ended without success (set with its state), for the cleaner.
+        Column("ended_at", UtcDateTime(), nullable=True),
+        # A `job.OnFailure` value; "move_to" moves the job to `dead_letter_queue`.
+        Column("on_failure", String(16), nullable=False, server_default="give_up"),
+        Column("round_start", Integer(), nullable=False, server_default="0"),
+        Column("failing_since", UtcDateTime(), nullable=True),
+        Column("progress_message", FreeText(), nullable=True),
+        Column("progress_fraction", Float(precision=53), nullable=True),
+        Column("progress_at", UtcDateTime(), nullable=True),
+        Column("result", JSON(none_as_null=True), nullable=True),
+        Column("interventions", JSON(none_as_null=True), nullable=True),
+        # A `job.STORED_STATES` value.
+        Column("state", String(16), nullable=False, server_default="pending"),
+        Column("dead_letter_queue", name_type(), nullable=True),
+        # The claim of the job's latest attempt: fences what that attempt records.
+        Column("claim_token", claim_token_type(), nullable=True),
+        # A queue's jobs in order (its head first), by state.
+        Index(f"ix_{prefix}jobs_queue_order", "scope", "queue", "state", "scheduled_at", "id"),
+        # A scope's jobs in order, by state: listings and the cleaner.
+        Index(f"ix_{prefix}jobs_state_order", "scope", "state", "scheduled_at", "id"),
+        **table_options(),
+    )
+    queues = Table(
+        f"{prefix}queues",
+        metadata,
+        *queue_columns(prefix),
+        Index(f"ix_{prefix}queues_due", "scope", "head_due", "queue"),
+        Index(f"ix_{prefix}queues_lock", "scope", "locked_until"),
+        Index(f"ix_{prefix}queues_blocked", "scope", "blocked_since", "queue"),
         **table_options(),
     )
     locks = Table(
@@ -198,7 +224,7 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("locked_at", UtcDateTime(), nullable=False),
         Column("locked_by_node", String(defaults.MAX_NAME_LENGTH), nullable=False),
         Column("locked_until", UtcDateTime(), nullable=False),
-        lock_job_column(),
+        Column("job_id", id_type(), nullable=True),
         PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}locks"),
         Index(f"ix_{prefix}locks_expiry", "scope", "locked_until"),
         **table_options(),
@@ -206,7 +232,13 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
     suspensions = Table(
         f"{prefix}suspensions",
         metadata,
-        *suspension_columns(prefix),
+        Column("scope", name_type(), nullable=False),
+        # WHOLE_SCOPE ("") for the whole scope.
+        Column("queue", name_type(), nullable=False),
+        Column("suspended_at", UtcDateTime(), nullable=False),
+        Column("suspended_by", String(defaults.MAX_NAME_LENGTH), nullable=False),
+        Column("reason", FreeText(), nullable=True),
+        PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}suspensions"),
         **table_options(),
     )
     schema_version = Table(
@@ -215,4 +247,29 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("version", Integer(), primary_key=True, autoincrement=False),
         **table_options(),
     )
-    return Tables(prefix, metadata, jobs, locks, suspensions, schema_version)
+    return Tables(prefix, metadata, jobs, queues, locks, suspensions, schema_version)
+
+
+def queue_columns(prefix: str) -> list[Any]:
+    """Columns and key of the queues table (schema version 3)."""
+    return [
+        Column("scope", name_type(), nullable=False),
+        Column("queue", name_type(), nullable=False),
+        # Jobs of the queue that hold their place in it (state "pending").
+        Column("pending", Integer(), nullable=False),
+        # The head: the first pending job in queue order (NULL: none), its
+        # `scheduled_at` (to compare a new job with), its `next_attempt_at` (NULL: none, or
+        # blocked until an operator acts) and, while it fails, its `failing_since`.
+        Column("head_id", id_type(), nullable=True),
+        Column("head_at", UtcDateTime(), nullable=True),
+        Column("head_due", UtcDateTime(), nullable=True),
+        Column("blocked_since", UtcDateTime(), nullable=True),
+        # The queue's lock: held by `locked_by` for the attempt of `locked_job` under the
+        # claim `token` until `locked_until` (NULLs: not locked).
+        Column("token", claim_token_type(), nullable=True),
+        Column("locked_by", String(defaults.MAX_NAME_LENGTH), nullable=True),
+        Column("locked_at", UtcDateTime(), nullable=True),
+        Column("locked_until", UtcDateTime(), nullable=True),
+        Column("locked_job", id_type(), nullable=True),
+        PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}queues"),
+    ]

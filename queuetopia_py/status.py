@@ -1,12 +1,12 @@
-"""What `Queuetopia.status()` returns: the state of a scope's queues and of the nodes
-running them, read in one short transaction."""
+"""What `Queuetopia.status()` returns: the state of a scope's queues (a page of them,
+blocked ones first) and of the nodes running them, read in one short transaction."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from queuetopia_py.job import Job
+from queuetopia_py.job import JobState, JobSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +35,13 @@ class Lock:
 
 @dataclass(frozen=True, slots=True)
 class RunningAttempt:
-    """An attempt running now: `job` (with its `progress`) on `node`. It may be a job
-    that is no longer its queue's head (aborted while it runs)."""
+    """An attempt running now: `job` (with its `progress`; without params and result)
+    on `node`. It may be a job that is no longer its queue's head (aborted while it
+    runs)."""
 
     node: str
     queue: str
-    job: Job
+    job: JobSummary
     started_at: datetime
     locked_until: datetime
 
@@ -50,13 +51,15 @@ class QueueStatus:
     """One queue: its pending work, its head, its lock and whether it is suspended.
 
     `failed` counts its jobs that ended without success (given up, aborted, moved to a
-    dead-letter queue). `suspended` is the queue's own suspension or its scope's.
+    dead-letter queue). `head` is its first pending job, without params and result
+    (`get_job(head.id)` reads them). `suspended` is the queue's own suspension or its
+    scope's.
     """
 
     queue: str
     pending: int
     failed: int
-    head: Job | None
+    head: JobSummary | None
     lock: Lock | None
     suspended: Suspension | None
     running: RunningAttempt | None = None
@@ -66,25 +69,35 @@ class QueueStatus:
         """Whether the head is failing: its last attempt failed, or it waits for an
         operator. Since when, how often and why: `head.failing_since`, `head.attempts`,
         `head.error`; next try: `head.next_attempt_at`."""
-        return self.head is not None and self.head.state in ("retrying", "blocked")
+        return self.head is not None and self.head.state in (JobState.RETRYING, JobState.BLOCKED)
 
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A scope at instant `at` (database time): its queues, sorted by name, and the
-    attempts each node is running."""
+    """A scope at instant `at` (database time): a page of its queues with pending work
+    or a lock, blocked ones first (the longest failing first), then the others by name;
+    the attempts each node is running; and the scope's suspensions.
+
+    `queue_count` and `blocked_count` count every such queue of the scope. When the page
+    does not hold them all, `next_after` names the queue to pass as `status(after=...)`
+    for the next page (None: this is the last page).
+    """
 
     scope: str
     at: datetime
     suspended: Suspension | None
     queues: list[QueueStatus] = field(default_factory=list)
     nodes: dict[str, list[RunningAttempt]] = field(default_factory=dict)
+    suspensions: list[Suspension] = field(default_factory=list)
+    queue_count: int = 0
+    blocked_count: int = 0
+    next_after: str | None = None
 
     def queue(self, name: str) -> QueueStatus | None:
-        """The status of the queue `name`, if it has anything to show."""
+        """The status of the queue `name`, if this page shows it."""
         return next((q for q in self.queues if q.queue == name), None)
 
     @property
     def blocked(self) -> list[QueueStatus]:
-        """The queues whose head is failing."""
+        """The queues of this page whose head is failing."""
         return [q for q in self.queues if q.blocked]

@@ -19,7 +19,8 @@ from queuetopia_py.execution import InlineExecutor
 from queuetopia_py.job import Job
 from queuetopia_py.performer import Performer
 from queuetopia_py.queuetopia import Queuetopia
-from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.locks import Claim, Interrupted
 
 _UNSET: Any = object()
 
@@ -121,12 +122,12 @@ def drain(
     db = instance._db
     claims = ClaimStore(db, instance.scope, instance.node, instance.options.lock_lease)
     runner = AttemptRunner(
-        claims, InlineExecutor(runner_performer), runner_performer, instance._events
+        claims.records, InlineExecutor(runner_performer), runner_performer, instance._events
     )
     attempted: list[Job] = []
     while True:
         progressed = False
-        for queue in claims.poll(limit=1000, exclude=set()).queues:
+        for queue in claims.poll(limit=1000).queues:
             while True:
                 claim = claims.claim(queue)
                 if isinstance(claim, Interrupted):

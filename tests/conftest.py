@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from queue_rows import inconsistencies
 
 from queuetopia_py import Queuetopia, migrate
+from queuetopia_py.schema import build_tables
+from queuetopia_py.store.database import create_engine
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 ADMIN_URLS = {
@@ -115,3 +118,11 @@ def make_queue(url: str) -> Iterator[Callable[..., Queuetopia]]:
     yield make
     for instance in made:
         instance.stop(timeout=30)
+    # Whatever the test did, the queues table must summarise the jobs exactly.
+    engine = create_engine(url)
+    try:
+        for prefix in sorted({instance.options.table_prefix for instance in made}):
+            problems = inconsistencies(engine, build_tables(prefix))
+            assert problems == [], "the queues table departs from the jobs:\n" + "\n".join(problems)
+    finally:
+        engine.dispose()

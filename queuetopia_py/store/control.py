@@ -1,7 +1,8 @@
 """Statements of operators' actions: suspend and resume queues; cancel, abort and retry
-jobs. Each action is one short transaction that locks the job's row first, so it is
-serialized with a concurrent claim or record of the same job (no lost update), and is
-recorded on the job as an `Intervention`."""
+jobs. Each action on a job is one short transaction that locks the job's queue row
+first, as claims and records do, so it is serialized with a concurrent claim or record
+of the queue (no lost update); it keeps the queue's row exact and is recorded on the job
+as an `Intervention`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from queuetopia_py.errors import JobInProgressError, JobNotFoundError, JobStateError
-from queuetopia_py.job import Intervention, Job
+from queuetopia_py.job import Intervention, Job, JobState, JobSummary
 from queuetopia_py.schema import WHOLE_SCOPE
 from queuetopia_py.status import Suspension
 from queuetopia_py.store.announcements import announce
 from queuetopia_py.store.database import Database
 from queuetopia_py.store.jobs import append_intervention, row_to_job
+from queuetopia_py.store.queues import Enqueued, Head, Locked, QueueBook, QueueRow
 
 
 def row_to_suspension(row: sa.Row[Any]) -> Suspension:
@@ -33,18 +35,19 @@ def row_to_suspension(row: sa.Row[Any]) -> Suspension:
     )
 
 
-def in_progress(conn: sa.Connection, db: Database, job: Job, now: datetime) -> bool:
-    """Whether an attempt of `job` runs now: its queue's live lock was taken for it."""
-    locks = db.tables.locks
-    held = conn.execute(
-        sa.select(locks.c.job_id).where(
-            locks.c.scope == job.scope,
-            locks.c.queue == job.queue,
-            locks.c.locked_until > now,
-            locks.c.job_id == job.id,
-        )
-    ).first()
-    return held is not None and not job.done
+def _job_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The `Job` fields that the column values an action writes set."""
+    fields = dict(values)
+    if "state" in fields:
+        state = fields.pop("state")
+        fields["outcome"] = None if state is JobState.PENDING else state
+    return fields
+
+
+def in_progress(row: QueueRow | None, job: JobSummary, now: datetime) -> bool:
+    """Whether an attempt of `job` runs now: its queue's live lock (`row`) was taken for
+    it."""
+    return row is not None and row.locked(now) and row.locked_job == job.id and not job.done
 
 
 class ControlStore:
@@ -57,6 +60,7 @@ class ControlStore:
         self.origin = origin
         self.jobs = db.tables.jobs
         self.suspensions = db.tables.suspensions
+        self.book = QueueBook(db)
 
     # -- suspensions -------------------------------------------------------------------
 
@@ -120,28 +124,36 @@ class ControlStore:
     def _act(
         self,
         job_id: int,
-        decide: Callable[[sa.Connection, Job, datetime], dict[str, Any]],
+        decide: Callable[[Job, Locked], dict[str, Any]],
         entry: Callable[[datetime], Intervention],
     ) -> Job:
-        """Lock the job's row, let `decide` check its state (it raises to refuse) and
-        return the new values, then write them with the intervention."""
+        """Lock the job's queue and read the job, let `decide` check its state (it raises
+        to refuse) and return the new values, then write them with the intervention and
+        bring the queue's row up to date."""
         jobs = self.jobs
+        book = self.book
 
         def run() -> Job:
             with self.db.transaction() as conn:
-                row = conn.execute(
-                    sa.select(jobs, self.db.now().label("db_now"))
-                    .where(jobs.c.id == job_id, jobs.c.scope == self.scope)
-                    .with_for_update()
-                ).first()
-                if row is None:
+                queue = conn.execute(
+                    sa.select(jobs.c.queue).where(jobs.c.id == job_id, jobs.c.scope == self.scope)
+                ).scalar()
+                if queue is None:
                     raise JobNotFoundError(job_id, self.scope)
-                job, now = row_to_job(row), row.db_now
-                values = decide(conn, job, now)
+                locked = book.lock_with_job(conn, self.scope, queue, job_id)
+                row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
+                job = row_to_job(row)
+                values = decide(job, locked)
                 conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
+                changed = replace(job, **_job_fields(values))
+                change = int(changed.pending) - int(job.pending)
+                if locked.row is not None:
+                    book.sync(conn, self.scope, locked.row, pending_change=change)
+                elif change > 0:  # back in a queue that had nothing pending
+                    book.enqueued(conn, self.scope, [Enqueued(queue, 1, Head.of(changed))])
                 # Cancelling, aborting or retrying a head may free its queue.
                 announce(conn, self.db.tables, self.scope, [job.queue], self.origin)
-                return append_intervention(conn, jobs, replace(job, **values), entry(now))
+                return append_intervention(conn, jobs, changed, entry(locked.now))
 
         # Only conflicts are retried: after a lost connection, whether the action took
         # effect is unknown, and repeating it would be refused as the wrong state.
@@ -156,15 +168,15 @@ class ControlStore:
     def cancel(self, job_id: int, by: str, reason: str | None) -> Job:
         """Withdraw a pending job that is not running."""
 
-        def decide(conn: sa.Connection, job: Job, now: datetime) -> dict[str, Any]:
+        def decide(job: Job, locked: Locked) -> dict[str, Any]:
             self._ended(job, "cancel")
-            if in_progress(conn, self.db, job, now):
+            if in_progress(locked.row, job, locked.now):
                 raise JobInProgressError(
                     job,
                     f"job {job.id} is in progress (attempt {job.attempts} on "
                     f"{job.attempted_by}): it cannot be cancelled; abort it instead",
                 )
-            return {"outcome": "cancelled", "ended_at": now, "next_attempt_at": None}
+            return {"state": JobState.CANCELLED, "ended_at": locked.now, "next_attempt_at": None}
 
         return self._act(job_id, decide, lambda now: Intervention("cancel", by, now, reason))
 
@@ -172,9 +184,9 @@ class ControlStore:
         """Give a pending job up now so its queue moves on. A running attempt is not
         stopped: if it succeeds, the job is done; if it fails, the job stays aborted."""
 
-        def decide(conn: sa.Connection, job: Job, now: datetime) -> dict[str, Any]:
+        def decide(job: Job, locked: Locked) -> dict[str, Any]:
             self._ended(job, "abort")
-            return {"outcome": "aborted", "ended_at": now, "next_attempt_at": None}
+            return {"state": JobState.ABORTED, "ended_at": locked.now, "next_attempt_at": None}
 
         return self._act(job_id, decide, lambda now: Intervention("abort", by, now, reason))
 
@@ -182,10 +194,11 @@ class ControlStore:
         """Make a job due now: a waiting head runs at once; a job that ended without
         success (or is blocked) gets a new round of `max_attempts` attempts."""
 
-        def decide(conn: sa.Connection, job: Job, now: datetime) -> dict[str, Any]:
+        def decide(job: Job, locked: Locked) -> dict[str, Any]:
+            now = locked.now
             if job.done:
                 raise JobStateError(job, f"job {job.id} is done: nothing to retry")
-            if job.outcome == "dead_lettered":
+            if job.outcome is JobState.DEAD_LETTERED:
                 moved = next(
                     (i.reason for i in reversed(job.interventions) if i.action == "dead_letter"),
                     None,
@@ -196,7 +209,7 @@ class ControlStore:
                 )
             # Also for a job aborted while its attempt runs: that attempt's outcome is
             # still to be recorded, and would count against the new round.
-            if in_progress(conn, self.db, job, now):
+            if in_progress(locked.row, job, now):
                 raise JobInProgressError(
                     job,
                     f"job {job.id} is in progress (attempt {job.attempts} on "
@@ -205,7 +218,7 @@ class ControlStore:
             if job.pending and job.next_attempt_at is not None:
                 return {"next_attempt_at": now}  # a waiting head: its round goes on
             return {
-                "outcome": None,
+                "state": JobState.PENDING,
                 "ended_at": None,
                 "next_attempt_at": now,
                 "round_start": job.attempts,

@@ -91,6 +91,10 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = sa.create_engine(parsed, **kwargs)
         _setup_sqlite(engine)
         return engine
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        # Claims and records lock rows by key: without gap locks (which REPEATABLE READ
+        # takes, and which deadlock concurrent claims), nodes do not wait on each other.
+        kwargs.setdefault("isolation_level", "READ COMMITTED")
     # The most recently used connections first: a few warm connections serve a node,
     # with their prepared statements, instead of every connection of the pool in turn.
     kwargs.setdefault("pool_use_lifo", True)
@@ -311,43 +315,6 @@ class Database:
         finally:
             self._local.connection = None
             conn.close()
-
-    @contextmanager
-    def raw_autocommit(self) -> Iterator[Any]:
-        """The DB-API connection under this thread's pinned connection (or a pooled one),
-        in autocommit mode, for the few hot statements run without SQLAlchemy's
-        execution layer. Driver errors come out as `transaction` raises them."""
-        pinned: Connection | None = getattr(self._local, "connection", None)
-        with contextlib.ExitStack() as stack:
-            try:
-                conn = pinned if pinned is not None else stack.enter_context(self.engine.connect())
-                if conn.invalidated and conn.in_transaction():
-                    conn.rollback()
-                dbapi = conn.connection.dbapi_connection
-            except DBAPIError as exc:
-                raise translate(exc) from exc
-            assert dbapi is not None
-            driver_error = self.engine.dialect.loaded_dbapi.Error
-            try:
-                dbapi.autocommit = True
-                try:
-                    yield dbapi
-                finally:
-                    if not dbapi.closed:
-                        dbapi.autocommit = False
-            except driver_error as exc:
-                lost = self.engine.dialect.is_disconnect(exc, dbapi, None)
-                if lost:
-                    conn.invalidate(exc)
-                wrapped = DBAPIError.instance(
-                    None,
-                    None,
-                    exc,
-                    driver_error,
-                    connection_invalidated=lost,
-                    dialect=self.engine.dialect,
-                )
-                raise translate(wrapped) from wrapped
 
     @contextmanager
     def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:

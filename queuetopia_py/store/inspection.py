@@ -1,137 +1,175 @@
 """Read-only statements for operators and tools: a scope's status, the scopes present.
 
-`status` reads only pending and ended-without-success jobs through the indexes that
-lead with `(scope, done_at, outcome)`, never the completed history, so its cost grows
-with the pending work, not with the table.
+Their cost follows what they return: `status` reads a page of the queues table and the
+page's heads by key, never the jobs' history; `known_scopes` reads each table's distinct
+scopes by skipping through the index that leads with the scope.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import sqlalchemy as sa
 
-from queuetopia_py.job import OUTCOMES
+from queuetopia_py.job import OUTCOMES, JobState
 from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status
 from queuetopia_py.store.control import row_to_suspension
 from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import CLEANER_LOCK, pending, queue_order, row_to_job
+from queuetopia_py.store.jobs import summary_columns, summary_from_mapping
 
-_FAILED = [o for o in OUTCOMES if o != "cancelled"]
+_FAILED = [o for o in OUTCOMES if o is not JobState.CANCELLED]
+
+
+def _skip_scan(column: sa.Column[Any]) -> sa.Select[Any]:
+    """The distinct values of an indexed column, one index seek each (a recursive
+    "loose index scan"): its cost follows the values, not the rows."""
+    found = sa.select(sa.func.min(column).label("value")).cte("found", recursive=True)
+    following = (
+        sa.select(column).where(column > found.c.value).order_by(column).limit(1).scalar_subquery()
+    )
+    found = found.union_all(sa.select(following).where(found.c.value.is_not(None)))
+    return sa.select(found.c.value).where(found.c.value.is_not(None))
 
 
 class Inspection:
-    """Status of one scope."""
+    """Status of one scope, and lookups across scopes."""
 
     def __init__(self, db: Database, scope: str) -> None:
         self.db = db
         self.scope = scope
 
-    def status(self) -> Status:
-        """The scope's queues, their heads, locks and suspensions, and the running attempts."""
-        jobs, locks, sus = self.db.tables.jobs, self.db.tables.locks, self.db.tables.suspensions
+    def status(self, limit: int | None = None, after: str | None = None) -> Status:
+        """A page of at most `limit` queues (None: all), following the queue `after` in
+        the status order (blocked first, the longest failing first, then by name)."""
+        t = self.db.tables
+        queues, jobs, sus = t.queues, t.jobs, t.suspensions
+        mine = queues.c.scope == self.scope
         with self.db.transaction() as conn:
-            now = conn.execute(sa.select(self.db.now())).scalar_one()
-            counts = conn.execute(
-                sa.select(
-                    jobs.c.queue,
-                    sa.func.sum(sa.case((jobs.c.outcome.is_(None), 1), else_=0)),
-                    sa.func.sum(sa.case((jobs.c.outcome.in_(_FAILED), 1), else_=0)),
-                )
-                .where(jobs.c.scope == self.scope, jobs.c.done_at.is_(None))
-                .group_by(jobs.c.queue)
+            now: datetime = conn.execute(sa.select(self.db.now())).scalar_one()
+            cursor: Any = None
+            if after is not None:
+                cursor = conn.execute(
+                    sa.select(queues.c.blocked_since).where(mine, queues.c.queue == after)
+                ).first()
+            page = self._page(conn, limit, after, None if cursor is None else cursor[0])
+            counted = conn.execute(
+                sa.select(sa.func.count(), sa.func.count(queues.c.blocked_since)).where(mine)
+            ).one()
+            names = [r.queue for r in page]
+            running_rows = conn.execute(
+                sa.select(queues).where(mine, queues.c.locked_until > now)
             ).all()
-            # Each pending queue's head, found through the queue-order index.
-            queues = (
-                sa.select(jobs.c.queue)
-                .where(jobs.c.scope == self.scope, pending(jobs))
-                .group_by(jobs.c.queue)
-                .subquery("pending_queues")
-            )
-            head = jobs.alias("head")
-            head_id = (
-                sa.select(head.c.id)
-                .where(head.c.scope == self.scope, head.c.queue == queues.c.queue, pending(head))
-                .order_by(*queue_order(head))
-                .limit(1)
-                .scalar_subquery()
-            )
-            # A join, not `id IN (...)`: MariaDB would scan the whole table for the IN.
-            head_ids = sa.select(head_id.label("head_id")).select_from(queues).subquery("heads")
-            heads = [
-                row_to_job(r)
-                for r in conn.execute(
-                    sa.select(jobs).join(head_ids, jobs.c.id == head_ids.c.head_id)
-                )
-            ]
-            lock_rows = conn.execute(
-                sa.select(locks).where(
-                    locks.c.scope == self.scope,
-                    locks.c.queue != CLEANER_LOCK,
-                    locks.c.locked_until > now,
-                )
-            ).all()
-            running_ids = [r.job_id for r in lock_rows if r.job_id is not None]
-            locked_jobs = {
-                job.id: job
-                for job in (
-                    row_to_job(r)
+            wanted = {r.head_id for r in page if r.head_id is not None}
+            wanted |= {r.locked_job for r in running_rows if r.locked_job is not None}
+            summaries = {
+                j.id: j
+                for j in (
+                    summary_from_mapping(r._mapping)
                     for r in conn.execute(
-                        # By id alone: with `done_at IS NULL` too, SQLite would pick
-                        # the due index and read every pending job.
-                        sa.select(jobs).where(jobs.c.id.in_(running_ids))
+                        sa.select(*summary_columns(jobs)).where(jobs.c.id.in_(sorted(wanted)))
                     )
                 )
-                if not job.done
             }
+            failed: dict[str, int] = dict(
+                conn.execute(
+                    sa.select(jobs.c.queue, sa.func.count())
+                    .where(
+                        jobs.c.scope == self.scope,
+                        jobs.c.queue.in_(names),
+                        jobs.c.state.in_(_FAILED),
+                    )
+                    .group_by(jobs.c.queue)
+                ).all()
+            )
             suspensions = [
                 row_to_suspension(r)
-                for r in conn.execute(sa.select(sus).where(sus.c.scope == self.scope))
+                for r in conn.execute(
+                    sa.select(sus).where(sus.c.scope == self.scope).order_by(sus.c.queue)
+                )
             ]
         scope_suspension = next((s for s in suspensions if s.queue is None), None)
         own = {s.queue: s for s in suspensions if s.queue is not None}
-        by_queue_heads = {j.queue: j for j in heads}
-        by_queue_locks = {
-            r.queue: Lock(r.queue, r.locked_by_node, r.locked_at, r.locked_until, r.job_id)
-            for r in lock_rows
-        }
-        # Queues whose jobs were all cancelled have nothing to show.
-        tallies = {q: (int(p or 0), int(f or 0)) for q, p, f in counts if p or f}
-        names = set(tallies) | set(by_queue_locks) | set(own)
-        result: list[QueueStatus] = []
         nodes: dict[str, list[RunningAttempt]] = {}
-        for name in sorted(names):
-            lock = by_queue_locks.get(name)
-            attempt = None if lock is None or lock.job_id is None else locked_jobs.get(lock.job_id)
-            running = None
+        running: dict[str, RunningAttempt] = {}
+        for r in running_rows:
+            job = summaries.get(r.locked_job)
             # The live lock was taken for this job's current attempt (see in_progress).
-            if lock is not None and attempt is not None and attempt.attempted_at is not None:
-                running = RunningAttempt(
-                    lock.node, name, attempt, attempt.attempted_at, lock.locked_until
-                )
-                nodes.setdefault(lock.node, []).append(running)
-            pending_count, failed = tallies.get(name, (0, 0))
-            result.append(
-                QueueStatus(
-                    queue=name,
-                    pending=pending_count,
-                    failed=failed,
-                    head=by_queue_heads.get(name),
-                    lock=lock,
-                    suspended=own.get(name) or scope_suspension,
-                    running=running,
-                )
+            if job is None or job.done or job.attempted_at is None:
+                continue
+            attempt = RunningAttempt(r.locked_by, r.queue, job, job.attempted_at, r.locked_until)
+            running[r.queue] = attempt
+            nodes.setdefault(r.locked_by, []).append(attempt)
+        result = [
+            QueueStatus(
+                queue=r.queue,
+                pending=r.pending,
+                failed=int(failed.get(r.queue, 0)),
+                head=summaries.get(r.head_id),
+                lock=None
+                if r.token is None or r.locked_until <= now
+                else Lock(r.queue, r.locked_by, r.locked_at, r.locked_until, r.locked_job),
+                suspended=own.get(r.queue) or scope_suspension,
+                running=running.get(r.queue),
             )
-        return Status(self.scope, now, scope_suspension, result, nodes)
+            for r in page
+        ]
+        more = limit is not None and len(page) == limit and len(page) > 0
+        return Status(
+            self.scope,
+            now,
+            scope_suspension,
+            result,
+            nodes,
+            suspensions,
+            queue_count=int(counted[0]),
+            blocked_count=int(counted[1]),
+            next_after=page[-1].queue if more else None,
+        )
+
+    def _page(
+        self,
+        conn: sa.Connection,
+        limit: int | None,
+        after: str | None,
+        after_blocked_since: datetime | None,
+    ) -> list[sa.Row[Any]]:
+        """The queue rows of one status page: blocked ones (by the time they began to
+        fail, then by name), then the others (by name), each read by index."""
+        queues = self.db.tables.queues
+        mine = queues.c.scope == self.scope
+        rows: list[sa.Row[Any]] = []
+        if after is None or after_blocked_since is not None:
+            blocked = sa.select(queues).where(mine, queues.c.blocked_since.is_not(None))
+            if after is not None:
+                blocked = blocked.where(
+                    sa.tuple_(queues.c.blocked_since, queues.c.queue)
+                    > sa.tuple_(sa.literal(after_blocked_since, queues.c.blocked_since.type), after)
+                )
+            rows = list(
+                conn.execute(
+                    blocked.order_by(queues.c.blocked_since, queues.c.queue).limit(limit)
+                ).all()
+            )
+            after = None
+        if limit is not None and len(rows) >= limit:
+            return rows
+        others = sa.select(queues).where(mine, queues.c.blocked_since.is_(None))
+        if after is not None:
+            others = others.where(queues.c.queue > after)
+        rest = None if limit is None else limit - len(rows)
+        return rows + list(conn.execute(others.order_by(queues.c.queue).limit(rest)).all())
 
     def known_scopes(self) -> list[str]:
-        """Every scope with jobs, locks or suspensions in these tables."""
+        """Every scope with jobs, queues, locks or suspensions in these tables."""
         t = self.db.tables
-        union = sa.union(
-            sa.select(t.jobs.c.scope).distinct(),
-            sa.select(t.locks.c.scope).distinct(),
-            sa.select(t.suspensions.c.scope).distinct(),
-        ).subquery()
+        scans = [_skip_scan(t.jobs.c.scope), _skip_scan(t.queues.c.scope)]
+        small = [sa.select(t.locks.c.scope).distinct(), sa.select(t.suspensions.c.scope).distinct()]
+        found: set[str] = set()
         with self.db.transaction() as conn:
-            return sorted(conn.execute(sa.select(union.c.scope)).scalars().all())
+            for stmt in [*scans, *small]:
+                found.update(conn.execute(stmt).scalars())
+        return sorted(found)
 
     def scope_of(self, job_id: int) -> str | None:
         """The scope of the job `job_id`, in any scope."""

@@ -1,90 +1,143 @@
-"""Statements that create, read, page through and clean up jobs."""
+"""Statements that create and read jobs: insert (counting the jobs into their queues'
+rows), get, list in queue order (by page or by key), count."""
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import random
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
 
-from queuetopia_py.errors import DatabaseError, InvalidJobError
-from queuetopia_py.job import GIVE_UP, LISTED_STATES, Intervention, Job, NewJob, Progress
-from queuetopia_py.schema import UtcDateTime
-from queuetopia_py.store.announcements import channel, notify
+from queuetopia_py.errors import InvalidJobError
+from queuetopia_py.job import (
+    STORED_STATES,
+    Intervention,
+    Job,
+    JobState,
+    JobSummary,
+    NewJob,
+    OnFailure,
+    Progress,
+)
+from queuetopia_py.schema import UtcDateTime, normalize_text
+from queuetopia_py.store.announcements import announce
 from queuetopia_py.store.database import Database
+from queuetopia_py.store.queues import Enqueued, Head, QueueBook
 
-logger = logging.getLogger(__name__)
-
-#: The `queue` of a scope's cleaner lock in the locks table. No queue has this name (names
-#: have no leading space), so it never holds up a queue, nor is it taken for one.
-CLEANER_LOCK = " cleaner"
-#: How long the cleaner's lock lives unless renewed; each batch of deletes renews it, so
-#: that the lock of a node that died while cleaning is taken over this long after.
-CLEANER_LOCK_LIFETIME = timedelta(seconds=60)
-# A node waiting for another's cleaner lock looks again after this long, doubling.
-_CLEANER_FIRST_WAIT = 0.05
-_CLEANER_MAX_WAIT = 1.0
-
-
-class _CleanerBusy(Exception):
-    pass
+# The arrays of the PostgreSQL insert of many jobs, in the order of its columns.
+_UNNEST = (
+    "queues",
+    "actions",
+    "params",
+    "timeouts",
+    "backoffs",
+    "maxes",
+    "modes",
+    "letters",
+    "scheduled",
+)
+#: Columns of the jobs table that may be large: read only where they are used.
+_LARGE = ("params", "result")
 
 
 def _us(delta: timedelta) -> int:
     return delta // timedelta(microseconds=1)
 
 
-def row_to_job(row: Row[Any]) -> Job:
-    """Build a `Job` value from a row of the jobs table."""
-    return job_from_mapping(row._mapping)
+def summary_columns(jobs: sa.Table) -> list[sa.Column[Any]]:
+    """The jobs table's columns but `params` and `result`."""
+    return [c for c in jobs.c if c.name not in _LARGE]
+
+
+def _summary_fields(m: Mapping[Any, Any]) -> dict[str, Any]:
+    state = JobState(m["state"])
+    return {
+        "id": m["id"],
+        "scope": m["scope"],
+        "queue": m["queue"],
+        "action": m["action"],
+        "timeout": timedelta(microseconds=m["timeout_us"]),
+        "max_backoff": timedelta(microseconds=m["max_backoff_us"]),
+        "max_attempts": m["max_attempts"],
+        "attempts": m["attempts"],
+        "attempted_at": m["attempted_at"],
+        "attempted_by": m["attempted_by"],
+        "next_attempt_at": m["next_attempt_at"],
+        "scheduled_at": m["scheduled_at"],
+        "done_at": m["done_at"],
+        "error": m["error"],
+        "inserted_at": m["inserted_at"],
+        "outcome": None if state in (JobState.PENDING, JobState.DONE) else state,
+        "ended_at": m["ended_at"],
+        "on_failure": OnFailure(m["on_failure"]),
+        "dead_letter_queue": m["dead_letter_queue"],
+        "round_start": m["round_start"],
+        "failing_since": m["failing_since"],
+        "progress": None
+        if m["progress_at"] is None
+        else Progress(m["progress_message"], m["progress_fraction"], m["progress_at"]),
+        "interventions": tuple(Intervention.from_json(i) for i in m["interventions"] or ()),
+    }
+
+
+def summary_from_mapping(m: Mapping[Any, Any]) -> JobSummary:
+    """A `JobSummary` from a jobs row's values by column name (UTC times)."""
+    return JobSummary(**_summary_fields(m))
 
 
 def job_from_mapping(m: Mapping[Any, Any]) -> Job:
-    """Build a `Job` value from a jobs table row's values by column name (UTC times)."""
-    return Job(
-        id=m["id"],
-        scope=m["scope"],
-        queue=m["queue"],
-        action=m["action"],
-        params=m["params"],
-        timeout=timedelta(microseconds=m["timeout_us"]),
-        max_backoff=timedelta(microseconds=m["max_backoff_us"]),
-        max_attempts=m["max_attempts"],
-        attempts=m["attempts"],
-        attempted_at=m["attempted_at"],
-        attempted_by=m["attempted_by"],
-        next_attempt_at=m["next_attempt_at"],
-        scheduled_at=m["scheduled_at"],
-        done_at=m["done_at"],
-        error=m["error"],
-        inserted_at=m["inserted_at"],
-        outcome=m["outcome"],
-        ended_at=m["ended_at"],
-        on_failure=m["on_failure"] or GIVE_UP,
-        round_start=m["round_start"],
-        failing_since=m["failing_since"],
-        progress=None
-        if m["progress_at"] is None
-        else Progress(m["progress_message"], m["progress_fraction"], m["progress_at"]),
-        result=m["result"],
-        interventions=tuple(Intervention.from_json(i) for i in m["interventions"] or ()),
+    """A `Job` from a jobs row's values by column name (UTC times)."""
+    return Job(**_summary_fields(m), params=m["params"], result=m["result"])
+
+
+def row_to_job(row: Row[Any]) -> Job:
+    """A `Job` from a whole row of the jobs table."""
+    return job_from_mapping(row._mapping)
+
+
+def pending(jobs: sa.FromClause) -> sa.ColumnElement[bool]:
+    """Jobs that hold their place in their queue: neither done nor ended otherwise."""
+    return jobs.c.state == JobState.PENDING
+
+
+def stored_states(state: str | None, available: bool | None) -> list[JobState]:
+    """The stored states a listing by `state` (one of `STORED_STATES`) and `available`
+    (pending or not) covers."""
+    states = list(STORED_STATES)
+    if state is not None:
+        if state not in STORED_STATES:
+            raise InvalidJobError(
+                "state", state, f"must be one of {', '.join(map(str, STORED_STATES))}"
+            )
+        states = [JobState(state)]
+    if available is not None:
+        states = [s for s in states if (s is JobState.PENDING) == available]
+    return states
+
+
+def append_intervention(conn: Connection, jobs: sa.Table, job: Job, entry: Intervention) -> Job:
+    """Add `entry` to `job`'s interventions (its free text normalised as every text
+    column's is). The caller holds the job's queue row lock, and `job` is the row as read
+    under it."""
+    if entry.reason is not None:
+        entry = replace(entry, reason=normalize_text(entry.reason))
+    interventions = (*job.interventions, entry)
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job.id)
+        .values(interventions=[i.to_json() for i in interventions])
     )
+    return replace(job, interventions=interventions)
 
 
-def _new_job(
-    scope: str, new: NewJob, job_id: int, scheduled_at: datetime, inserted_at: datetime
-) -> Job:
-    """The `Job` a row just inserted from `new` holds."""
+def _new_job(scope: str, new: NewJob, row: Sequence[Any]) -> Job:
+    """The `Job` a row just inserted from `new` holds (`row`: id, scheduled_at,
+    inserted_at)."""
+    job_id, scheduled_at, inserted_at = row
     return Job(
         id=job_id,
         scope=scope,
@@ -103,258 +156,168 @@ def _new_job(
         error=None,
         inserted_at=inserted_at,
         on_failure=new.on_failure,
+        dead_letter_queue=new.dead_letter_queue,
     )
 
 
-def _unnest_row(new: NewJob) -> tuple[Any, ...]:
-    return (
-        new.queue,
-        new.action,
-        json.dumps(new.params, separators=(",", ":")),
-        _us(new.timeout),
-        _us(new.max_backoff),
-        new.max_attempts,
-        new.on_failure,
-        new.scheduled_at,
-    )
+def _insert_values(new: NewJob) -> dict[str, Any]:
+    return {
+        "queue": new.queue,
+        "action": new.action,
+        "params": new.params,
+        "timeout_us": _us(new.timeout),
+        "max_backoff_us": _us(new.max_backoff),
+        "max_attempts": new.max_attempts,
+        "on_failure": new.on_failure,
+        "dead_letter_queue": new.dead_letter_queue,
+        "given_scheduled_at": new.scheduled_at,
+    }
 
 
-def pending(jobs: sa.FromClause) -> sa.ColumnElement[bool]:
-    """Jobs that hold their place in their queue: neither done nor ended otherwise."""
-    return sa.and_(jobs.c.done_at.is_(None), jobs.c.outcome.is_(None))
-
-
-def queue_order(jobs: sa.FromClause) -> list[sa.ColumnElement[Any]]:
-    """Queue order among pending jobs, spelled to match the queue-order index: its
-    `done_at, outcome` columns are NULL for every pending job, but PostgreSQL walks the
-    index in order (and stops at the head) only when the ORDER BY names them."""
-    return [jobs.c.done_at, jobs.c.outcome, jobs.c.scheduled_at, jobs.c.id]
-
-
-def in_state(jobs: sa.FromClause, state: str) -> sa.ColumnElement[bool]:
-    """Jobs listed under `state` (one of `LISTED_STATES`)."""
-    if state == "pending":
-        return pending(jobs)
-    if state == "done":
-        return jobs.c.done_at.is_not(None)
-    if state in LISTED_STATES:
-        return sa.and_(jobs.c.done_at.is_(None), jobs.c.outcome == state)
-    raise InvalidJobError("state", state, f"must be one of {', '.join(LISTED_STATES)}")
+def counted(created: Sequence[Job]) -> list[Enqueued]:
+    """What `created` jobs add to their queues: how many, and the first in queue order."""
+    firsts: dict[str, Job] = {}
+    counts: dict[str, int] = {}
+    for job in created:
+        counts[job.queue] = counts.get(job.queue, 0) + 1
+        first = firsts.get(job.queue)
+        if first is None or (job.scheduled_at, job.id) < (first.scheduled_at, first.id):
+            firsts[job.queue] = job
+    return [Enqueued(queue, counts[queue], Head.of(j)) for queue, j in firsts.items()]
 
 
 class JobStore:
-    """Enqueue and read jobs of one scope."""
+    """Create and read the jobs of one scope."""
 
     def __init__(self, db: Database, scope: str) -> None:
         self.db = db
         self.scope = scope
-        self.jobs = db.tables.jobs
-        jobs = self.jobs
-        self._insert = self._build_insert()
-        inserted = (jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at)
-        self._inserted = sa.select(*inserted)
-        self._insert_returning = self._insert.returning(*inserted)
-        created = self._insert_returning.cte("created")
-        self._insert_announcing = sa.select(
-            created, notify(db.tables, sa.bindparam("b_payload")).label("announced")
-        )
-        self._insert_announced_sql = (
-            f"WITH created AS (INSERT INTO {jobs.name} (scope, queue, action, params,"
-            " timeout_us, max_backoff_us, max_attempts, on_failure, attempts, scheduled_at,"
-            " next_attempt_at, inserted_at) VALUES (%(scope)s, %(queue)s, %(action)s,"
-            " CAST(%(params)s AS json), %(timeout_us)s, %(max_backoff_us)s, %(max_attempts)s,"
-            " %(on_failure)s, 0, coalesce(CAST(%(scheduled_at)s AS timestamptz), now()),"
-            " coalesce(CAST(%(scheduled_at)s AS timestamptz), now()), now())"
-            " RETURNING id, scheduled_at, inserted_at)"
-            " SELECT id, scheduled_at, inserted_at,"
-            " CAST(pg_notify(%(channel)s, %(payload)s) AS text) FROM created"
-        )
-
-    def _build_insert(self) -> sa.Insert:
-        """The single-job INSERT, built once: its values are bind parameters."""
-        jobs = self.jobs
-        now = self.db.now()
+        self.jobs = jobs = db.tables.jobs
+        self.book = QueueBook(db)
+        now = db.now()
         scheduled = sa.func.coalesce(
-            sa.bindparam("b_scheduled_at", type_=jobs.c.scheduled_at.type), now
+            sa.bindparam("given_scheduled_at", type_=jobs.c.scheduled_at.type), now
         )
-        return jobs.insert().values(
-            scope=self.scope,
-            queue=sa.bindparam("b_queue", type_=jobs.c.queue.type),
-            action=sa.bindparam("b_action", type_=jobs.c.action.type),
-            params=sa.bindparam("b_params", type_=jobs.c.params.type),
-            timeout_us=sa.bindparam("b_timeout_us", type_=jobs.c.timeout_us.type),
-            max_backoff_us=sa.bindparam("b_max_backoff_us", type_=jobs.c.max_backoff_us.type),
-            max_attempts=sa.bindparam("b_max_attempts", type_=jobs.c.max_attempts.type),
-            on_failure=sa.bindparam("b_on_failure", type_=jobs.c.on_failure.type),
+        self._insert_plain = jobs.insert().values(
+            scope=scope,
             attempts=0,
+            state=JobState.PENDING,
             scheduled_at=scheduled,
             next_attempt_at=scheduled,
             inserted_at=now,
         )
-
-    def insert(self, conn: Connection, new: NewJob, *, announcing: str | None = None) -> Job:
-        """Insert one job in `conn`'s transaction; its `scheduled_at` defaults to the
-        database's now. `announcing` (PostgreSQL) is an announcement payload that the
-        same statement sends with NOTIFY."""
-        jobs = self.jobs
-        values = {
-            "b_queue": new.queue,
-            "b_action": new.action,
-            "b_params": new.params,
-            "b_timeout_us": _us(new.timeout),
-            "b_max_backoff_us": _us(new.max_backoff),
-            "b_max_attempts": new.max_attempts,
-            "b_on_failure": new.on_failure,
-            "b_scheduled_at": new.scheduled_at,
-        }
-        if announcing is not None:
-            values["b_payload"] = announcing
-            row = conn.execute(self._insert_announcing, values).one()
-        elif conn.dialect.insert_returning:
-            row = conn.execute(self._insert_returning, values).one()
-        else:
-            (job_id,) = conn.execute(self._insert, values).inserted_primary_key or (None,)
-            row = conn.execute(self._inserted.where(jobs.c.id == job_id)).one()
-        return _new_job(self.scope, new, row[0], row[1], row[2])
-
-    def insert_announced(self, new: NewJob, announcing: str) -> Job:
-        """PostgreSQL: insert one job and announce it (`announcing` is the payload) with
-        one autocommitted statement run on the driver: one round trip."""
-        sql = self._insert_announced_sql
-        params = {
-            "scope": self.scope,
-            "queue": new.queue,
-            "action": new.action,
-            "params": json.dumps(new.params, separators=(",", ":")),
-            "timeout_us": _us(new.timeout),
-            "max_backoff_us": _us(new.max_backoff),
-            "max_attempts": new.max_attempts,
-            "on_failure": new.on_failure,
-            "scheduled_at": new.scheduled_at,
-            "channel": channel(self.db.tables),
-            "payload": announcing,
-        }
-        with self.db.raw_autocommit() as dbapi:
-            job_id, scheduled_at, inserted_at, _ = dbapi.execute(sql, params).fetchone()
-        return _new_job(
-            self.scope, new, job_id, scheduled_at.astimezone(UTC), inserted_at.astimezone(UTC)
+        self._insert = self._insert_plain.returning(
+            jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, sort_by_parameter_order=True
         )
-
-    def insert_many(self, conn: Connection, news: Sequence[NewJob]) -> list[Job]:
-        """Insert jobs in one statement, their ids (so their order in a queue) following
-        the order given; one by one where the database cannot return the new rows in
-        that order."""
-        dialect = conn.dialect
-        if dialect.name == "postgresql":
-            rows = self._insert_unnest(conn, news)
-        elif (
-            dialect.insert_executemany_returning
-            and dialect.insert_executemany_returning_sort_by_parameter_order
-        ):
-            rows = self._insert_values(conn, news)
-        else:
-            return [self.insert(conn, new) for new in news]
-        return [
-            _new_job(self.scope, new, job_id, scheduled_at, inserted_at)
-            for new, (job_id, scheduled_at, inserted_at) in zip(news, rows, strict=True)
-        ]
-
-    def _insert_values(
-        self, conn: Connection, news: Sequence[NewJob]
-    ) -> list[tuple[int, datetime, datetime]]:
-        """Multi-row INSERT ... VALUES ... RETURNING, batched by SQLAlchemy."""
-        jobs = self.jobs
-        now = self.db.now()
-        scheduled = sa.func.coalesce(
-            sa.bindparam("given_scheduled_at", type_=jobs.c.scheduled_at.type), now
-        )
-        stmt = (
-            jobs.insert()
-            .values(
-                scope=self.scope,
-                attempts=0,
-                scheduled_at=scheduled,
-                next_attempt_at=scheduled,
-                inserted_at=now,
-            )
-            .returning(
-                jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, sort_by_parameter_order=True
-            )
-        )
-        rows = [
-            {
-                "queue": new.queue,
-                "action": new.action,
-                "params": new.params,
-                "timeout_us": _us(new.timeout),
-                "max_backoff_us": _us(new.max_backoff),
-                "max_attempts": new.max_attempts,
-                "on_failure": new.on_failure,
-                "given_scheduled_at": new.scheduled_at,
-            }
-            for new in news
-        ]
-        return [(r[0], r[1], r[2]) for r in conn.execute(stmt, rows)]
-
-    def _insert_unnest(
-        self, conn: Connection, news: Sequence[NewJob]
-    ) -> list[tuple[int, datetime, datetime]]:
-        """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays), whatever the number of
-        jobs: a short statement with one array per column. The ids follow the rows'
-        ordinality; the returned rows are put back in that order."""
-        jobs = self.jobs
-        columns = list(zip(*(_unnest_row(new) for new in news), strict=True))
-        stmt = sa.text(
+        self._summaries = sa.select(*summary_columns(jobs)).where(jobs.c.scope == scope)
+        # PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) for many jobs, whatever
+        # their number: a short statement that psycopg does not parse again for every
+        # batch, as it would a long VALUES list. The ids follow the rows' ordinality.
+        self._insert_many_pg = sa.text(
             f"INSERT INTO {jobs.name} (scope, queue, action, params, timeout_us,"
-            " max_backoff_us, max_attempts, on_failure, attempts, scheduled_at,"
-            " next_attempt_at, inserted_at)"
-            " SELECT :scope, q, a, CAST(p AS json), t, b, m, f, 0, coalesce(s, now()),"
-            " coalesce(s, now()), now()"
+            " max_backoff_us, max_attempts, on_failure, dead_letter_queue, attempts, state,"
+            " scheduled_at, next_attempt_at, inserted_at)"
+            " SELECT :scope, q, a, CAST(p AS json), t, b, m, f, d, 0, 'pending',"
+            " coalesce(s, now()), coalesce(s, now()), now()"
             " FROM unnest(CAST(:queues AS text[]), CAST(:actions AS text[]),"
             " CAST(:params AS text[]), CAST(:timeouts AS bigint[]), CAST(:backoffs AS bigint[]),"
-            " CAST(:maxes AS integer[]), CAST(:modes AS text[]),"
+            " CAST(:maxes AS integer[]), CAST(:modes AS text[]), CAST(:letters AS text[]),"
             " CAST(:scheduled AS timestamptz[]))"
-            " WITH ORDINALITY AS n(q, a, p, t, b, m, f, s, i)"
+            " WITH ORDINALITY AS n(q, a, p, t, b, m, f, d, s, i)"
             " ORDER BY i RETURNING id, scheduled_at, inserted_at"
         ).columns(
             jobs.c.id, sa.column("scheduled_at", UtcDateTime), sa.column("inserted_at", UtcDateTime)
         )
-        names = ("queues", "actions", "params", "timeouts", "backoffs", "maxes", "modes")
-        params: dict[str, Any] = dict(zip(names, map(list, columns), strict=False))
-        params["scheduled"] = list(columns[7])
-        params["scope"] = self.scope
-        rows = sorted(conn.execute(stmt, params), key=lambda r: int(r[0]))
-        return [(r[0], r[1], r[2]) for r in rows]
 
-    def _select(self) -> sa.Select[Any]:
-        return sa.select(self.jobs).where(self.jobs.c.scope == self.scope)
+    # -- creating ------------------------------------------------------------------------
 
-    def _filtered(
-        self,
-        stmt: sa.Select[Any],
-        queue: str | None,
-        action: str | None,
-        available: bool | None,
-        state: str | None = None,
-    ) -> sa.Select[Any]:
+    def create(
+        self, conn: Connection, news: Sequence[NewJob], *, origin: str | None = None
+    ) -> list[Job]:
+        """Insert jobs in `conn`'s transaction, their ids (so their order in a queue)
+        following the order given, and count them into their queues. With `origin`,
+        announce them to the other nodes (PostgreSQL) as work of that instance."""
+        if not news:
+            return []
+        dialect = conn.dialect
+        if len(news) > 1 and dialect.name == "postgresql":
+            rows = self._insert_unnest(conn, news)
+        elif len(news) > 1 and dialect.insert_executemany_returning_sort_by_parameter_order:
+            rows = [tuple(r) for r in conn.execute(self._insert, [_insert_values(n) for n in news])]
+        else:
+            rows = [self._insert_one(conn, new) for new in news]
+        created = [_new_job(self.scope, new, row) for new, row in zip(news, rows, strict=True)]
+        self.book.enqueued(conn, self.scope, counted(created))
+        if origin is not None:
+            announce(conn, self.db.tables, self.scope, [j.queue for j in created], origin)
+        return created
+
+    def _insert_one(self, conn: Connection, new: NewJob) -> tuple[Any, ...]:
+        values = _insert_values(new)
+        if conn.dialect.insert_returning:
+            return tuple(conn.execute(self._insert, values).one())
+        # MySQL: no INSERT ... RETURNING.
+        inserted = conn.execute(self._insert_plain, values).inserted_primary_key
+        assert inserted is not None
         jobs = self.jobs
-        if state is not None:
-            stmt = stmt.where(in_state(jobs, state))
-        if queue is not None:
-            stmt = stmt.where(jobs.c.queue == queue)
-        if action is not None:
-            stmt = stmt.where(jobs.c.action == action)
-        if available is not None:
-            stmt = stmt.where(pending(jobs) if available else sa.not_(pending(jobs)))
-        return stmt
+        return tuple(
+            conn.execute(
+                sa.select(jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at).where(
+                    jobs.c.id == inserted[0]
+                )
+            ).one()
+        )
+
+    def _insert_unnest(self, conn: Connection, news: Sequence[NewJob]) -> list[tuple[Any, ...]]:
+        """PostgreSQL: many jobs in one short statement, one array per column."""
+        columns = zip(
+            *(
+                (
+                    n.queue,
+                    n.action,
+                    json.dumps(n.params, separators=(",", ":")),
+                    _us(n.timeout),
+                    _us(n.max_backoff),
+                    n.max_attempts,
+                    n.on_failure.value,
+                    n.dead_letter_queue,
+                    n.scheduled_at,
+                )
+                for n in news
+            ),
+            strict=True,
+        )
+        params: dict[str, Any] = {n: list(c) for n, c in zip(_UNNEST, columns, strict=True)}
+        params["scope"] = self.scope
+        rows = conn.execute(self._insert_many_pg, params)
+        return sorted((tuple(r) for r in rows), key=lambda r: int(r[0]))
+
+    # -- reading ---------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
         """The job with this id in this scope, or None."""
+        jobs = self.jobs
         with self.db.transaction() as conn:
-            row = conn.execute(self._select().where(self.jobs.c.id == job_id)).first()
+            row = conn.execute(
+                sa.select(jobs).where(jobs.c.scope == self.scope, jobs.c.id == job_id)
+            ).first()
         return None if row is None else row_to_job(row)
 
-    def list(
+    def summary(self, job_id: int) -> JobSummary | None:
+        """The job with this id in this scope, without its params and result."""
+        with self.db.transaction() as conn:
+            row = conn.execute(self._summaries.where(self.jobs.c.id == job_id)).first()
+        return None if row is None else summary_from_mapping(row._mapping)
+
+    def result(self, job_id: int) -> Any:
+        """The stored result of the job with this id in this scope (None if none)."""
+        jobs = self.jobs
+        with self.db.transaction() as conn:
+            return conn.execute(
+                sa.select(jobs.c.result).where(jobs.c.scope == self.scope, jobs.c.id == job_id)
+            ).scalar()
+
+    def list_jobs(
         self,
         *,
         queue: str | None = None,
@@ -363,13 +326,96 @@ class JobStore:
         state: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        after: int | None = None,
     ) -> list[Job]:
-        """Jobs of this scope in queue order (`scheduled_at`, then sequence)."""
+        """Jobs of this scope in queue order (`scheduled_at`, then sequence).
+
+        `after` (a job id) lists the jobs that follow that job in this order (keyset
+        pagination: its cost follows the page, not the history before it). The listing
+        merges one index range per stored state, each read at most `offset + limit`
+        rows deep.
+        """
+        columns: list[sa.Column[Any]] = list(self.jobs.c)
+        rows = self._rows(columns, queue, action, available, state, limit, offset, after)
+        return [job_from_mapping(r._mapping) for r in rows]
+
+    def list_summaries(
+        self,
+        *,
+        queue: str | None = None,
+        action: str | None = None,
+        available: bool | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: int | None = None,
+    ) -> list[JobSummary]:
+        """`list_jobs`, without reading the jobs' params and results."""
+        columns = summary_columns(self.jobs)
+        rows = self._rows(columns, queue, action, available, state, limit, offset, after)
+        return [summary_from_mapping(r._mapping) for r in rows]
+
+    def _rows(
+        self,
+        columns: list[sa.Column[Any]],
+        queue: str | None,
+        action: str | None,
+        available: bool | None,
+        state: str | None,
+        limit: int | None,
+        offset: int,
+        after: int | None,
+    ) -> Sequence[Row[Any]]:
         jobs = self.jobs
-        stmt = self._filtered(self._select(), queue, action, available, state)
-        stmt = stmt.order_by(jobs.c.scheduled_at, jobs.c.id).offset(offset).limit(limit)
+        states = stored_states(state, available)
         with self.db.transaction() as conn:
-            return [row_to_job(r) for r in conn.execute(stmt)]
+            bound: tuple[datetime, int] | None = None
+            if after is not None:
+                at = conn.execute(
+                    sa.select(jobs.c.scheduled_at).where(
+                        jobs.c.scope == self.scope, jobs.c.id == after
+                    )
+                ).scalar()
+                if at is None:
+                    raise InvalidJobError("after", after, "no such job in this scope")
+                bound = (at, after)
+            depth = None if limit is None else offset + limit
+            parts = [
+                self._part(columns, s, queue, action, bound, depth).subquery(f"s{i}")
+                for i, s in enumerate(states)
+            ]
+            merged = (
+                parts[0]
+                if len(parts) == 1
+                else sa.union_all(*(sa.select(p) for p in parts)).subquery("merged")
+            )
+            stmt = (
+                sa.select(merged)
+                .order_by(merged.c.scheduled_at, merged.c.id)
+                .offset(offset)
+                .limit(limit)
+            )
+            return conn.execute(stmt).all()
+
+    def _part(
+        self,
+        columns: list[sa.Column[Any]],
+        state: JobState,
+        queue: str | None,
+        action: str | None,
+        bound: tuple[datetime, int] | None,
+        depth: int | None,
+    ) -> sa.Select[Any]:
+        """One stored state's jobs in queue order, read by index."""
+        jobs = self.jobs
+        stmt = sa.select(*columns).where(jobs.c.scope == self.scope, jobs.c.state == state)
+        if queue is not None:
+            stmt = stmt.where(jobs.c.queue == queue)
+        if action is not None:
+            stmt = stmt.where(jobs.c.action == action)
+        if bound is not None:
+            stmt = stmt.where(sa.tuple_(jobs.c.scheduled_at, jobs.c.id) > sa.tuple_(*bound))
+        return stmt.order_by(jobs.c.scheduled_at, jobs.c.id).limit(depth)
 
     def count(
         self,
@@ -379,159 +425,17 @@ class JobStore:
         available: bool | None = None,
         state: str | None = None,
     ) -> int:
-        """How many jobs `list` would return without a limit."""
+        """How many jobs `list_jobs` would return without a limit (its cost grows with that
+        number: keyset pages need no count)."""
+        jobs = self.jobs
         stmt = (
-            sa.select(sa.func.count()).select_from(self.jobs).where(self.jobs.c.scope == self.scope)
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.scope == self.scope, jobs.c.state.in_(stored_states(state, available)))
         )
-        stmt = self._filtered(stmt, queue, action, available, state)
+        if queue is not None:
+            stmt = stmt.where(jobs.c.queue == queue)
+        if action is not None:
+            stmt = stmt.where(jobs.c.action == action)
         with self.db.transaction() as conn:
             return int(conn.execute(stmt).scalar_one())
-
-    def delete_completed(
-        self,
-        older_than: timedelta,
-        *,
-        include_ended: bool = False,
-        batch_size: int = 1000,
-        node: str = "",
-        skip_if_busy: bool = False,
-    ) -> int:
-        """Delete this scope's jobs done more than `older_than` ago (and, with
-        `include_ended`, those that ended without success that long ago), `batch_size`
-        at a time, each batch in a transaction of its own.
-
-        Holds the scope's cleaner lock (for `node`) meanwhile, so that one node at a time
-        cleans a scope. While another node holds it, returns 0 at once if `skip_if_busy`,
-        else waits for it. Each batch renews the lock and runs only while it is held.
-        """
-        token = self._take_cleaner_lock(node)
-        pause = _CLEANER_FIRST_WAIT
-        while token is None:
-            if skip_if_busy:
-                logger.debug("another node is cleaning", extra={"scope": self.scope})
-                return 0
-            time.sleep(pause * random.uniform(0.5, 1.0))
-            pause = min(pause * 2, _CLEANER_MAX_WAIT)
-            token = self._take_cleaner_lock(node)
-        try:
-            return self._delete_batches(older_than, include_ended, batch_size, token)
-        finally:
-            self._release_cleaner_lock(token)
-
-    def _cleaner_lock(self) -> sa.ColumnElement[bool]:
-        locks = self.db.tables.locks
-        return sa.and_(locks.c.scope == self.scope, locks.c.queue == CLEANER_LOCK)
-
-    def _take_cleaner_lock(self, node: str) -> str | None:
-        """Take the scope's cleaner lock: its token, or None while another's is live. An
-        expired one (its node died while cleaning) is taken over in place."""
-        locks = self.db.tables.locks
-
-        def run() -> str | None:
-            token = uuid.uuid4().hex
-            try:
-                with self.db.transaction() as conn:
-                    now = conn.execute(sa.select(self.db.now())).scalar_one()
-                    values = {
-                        "token": token,
-                        "locked_at": now,
-                        "locked_by_node": node,
-                        "locked_until": now + CLEANER_LOCK_LIFETIME,
-                        "job_id": None,
-                    }
-                    # A plain read first: a live lock is left alone without a write.
-                    held = conn.execute(
-                        sa.select(locks.c.token, locks.c.locked_until).where(self._cleaner_lock())
-                    ).first()
-                    if held is not None and held.locked_until > now:
-                        return None
-                    if held is not None:
-                        taken = conn.execute(
-                            locks.update()
-                            .where(self._cleaner_lock(), locks.c.token == held.token)
-                            .values(**values)
-                        ).rowcount
-                        return token if taken == 1 else None
-                    try:
-                        conn.execute(
-                            locks.insert().values(scope=self.scope, queue=CLEANER_LOCK, **values)
-                        )
-                    except IntegrityError as exc:  # another node took it just now
-                        raise _CleanerBusy from exc
-                return token
-            except _CleanerBusy:
-                return None
-
-        return self.db.retrying(run)
-
-    def _release_cleaner_lock(self, token: str) -> None:
-        locks = self.db.tables.locks
-
-        def run() -> None:
-            with self.db.transaction() as conn:
-                conn.execute(locks.delete().where(self._cleaner_lock(), locks.c.token == token))
-
-        try:
-            self.db.retrying(run)
-        except DatabaseError:  # it expires by itself
-            logger.warning("could not release the cleaner lock", exc_info=True)
-
-    def _delete_batches(
-        self, older_than: timedelta, include_ended: bool, batch_size: int, token: str
-    ) -> int:
-        jobs, locks = self.jobs, self.db.tables.locks
-        done = [jobs.c.done_at.is_not(None), jobs.c.done_at < sa.bindparam("cutoff")]
-        ended = [
-            jobs.c.done_at.is_(None),
-            jobs.c.outcome.is_not(None),
-            jobs.c.ended_at < sa.bindparam("cutoff"),
-        ]
-
-        def batch(conditions: list[sa.ColumnElement[bool]]) -> int | None:
-            with self.db.transaction() as conn:
-                now = conn.execute(sa.select(self.db.now())).scalar_one()
-                renewed = conn.execute(
-                    locks.update()
-                    .where(self._cleaner_lock(), locks.c.token == token)
-                    .values(locked_until=now + CLEANER_LOCK_LIFETIME)
-                ).rowcount
-                if renewed != 1:
-                    return None  # our lock expired and was taken over: stop
-                ids: Sequence[int] = (
-                    conn.execute(
-                        sa.select(jobs.c.id)
-                        .where(jobs.c.scope == self.scope, *conditions)
-                        .limit(batch_size),
-                        {"cutoff": now - older_than},
-                    )
-                    .scalars()
-                    .all()
-                )
-                if ids:
-                    conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
-            return len(ids)
-
-        deleted = 0
-        for conditions in [done, ended] if include_ended else [done]:
-            while True:
-                # Deleting ended jobs is idempotent: every transient failure may be retried.
-                count = self.db.retrying(functools.partial(batch, conditions))
-                if count is None:
-                    logger.warning("lost the cleaner lock; stopping", extra={"scope": self.scope})
-                    return deleted
-                deleted += count
-                if count < batch_size:
-                    break
-        return deleted
-
-
-def append_intervention(conn: Connection, jobs: sa.Table, job: Job, entry: Intervention) -> Job:
-    """Add `entry` to `job`'s interventions. The caller holds the job's row lock, and
-    `job` is the row as read under it."""
-    interventions = (*job.interventions, entry)
-    conn.execute(
-        jobs.update()
-        .where(jobs.c.id == job.id)
-        .values(interventions=[i.to_json() for i in interventions])
-    )
-    return replace(job, interventions=interventions)

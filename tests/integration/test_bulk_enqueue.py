@@ -50,7 +50,11 @@ def test_each_item_takes_create_jobs_arguments_and_the_instance_defaults(
     assert (plain.max_attempts, plain.on_failure) == (7, "block")
     assert plain.scheduled_at == plain.next_attempt_at and plain.scheduled_at < later
     assert (custom.timeout, custom.max_backoff) == (timedelta(seconds=5), timedelta(minutes=1))
-    assert (custom.max_attempts, custom.on_failure) == (2, "move_to:dead")
+    assert (custom.max_attempts, custom.on_failure, custom.dead_letter_queue) == (
+        2,
+        "move_to",
+        "dead",
+    )
     assert custom.scheduled_at == later and custom.next_attempt_at == later
     assert queue.get_job(custom.id) == custom
 

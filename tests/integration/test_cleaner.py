@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from queue_rows import resync
 from recording import Recorder, wait_until
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.store.jobs import CLEANER_LOCK, JobStore
+from queuetopia_py.store.cleaner import CLEANER_LOCK, Cleaner
 
 
 def add_done_jobs(queue: Queuetopia, count: int, *, days_ago: float = 8) -> list[int]:
@@ -26,11 +27,13 @@ def add_done_jobs(queue: Queuetopia, count: int, *, days_ago: float = 8) -> list
     jobs = queue._db.tables.jobs
     with queue.engine.begin() as conn:
         now = conn.execute(sa.select(queue._db.now())).scalar_one()
+        long_ago = now - timedelta(days=days_ago)
         conn.execute(
             jobs.update()
             .where(jobs.c.scope == queue.scope, jobs.c.queue == "old")
-            .values(done_at=now - timedelta(days=days_ago))
+            .values(state="done", done_at=long_ago, scheduled_at=long_ago)
         )
+    resync(queue.engine, queue._db.tables)
     return ids
 
 
@@ -79,12 +82,12 @@ def test_one_node_at_a_time_cleans_a_scope(make_queue: Callable) -> None:
     holder, other = make_queue(scope="s"), make_queue(scope="s")
     add_done_jobs(holder, 30)
     holder.create_job("p", "a", {})
-    token = holder._jobs._take_cleaner_lock(holder.node)
+    token = holder._cleaner._take_cleaner_lock(holder.node)
     assert token is not None
     results: list[int] = []
     waiting = threading.Thread(target=lambda: results.append(other.cleanup_jobs()))
     try:
-        assert other._jobs._take_cleaner_lock(other.node) is None
+        assert other._cleaner._take_cleaner_lock(other.node) is None
         # A node that skips a busy cleaner deletes nothing while the lock is held...
         assert other.cleanup_jobs(skip_if_busy=True) == 0
         # ...and one that waits deletes only once it is released.
@@ -95,7 +98,7 @@ def test_one_node_at_a_time_cleans_a_scope(make_queue: Callable) -> None:
         assert [row.locked_by_node for row in cleaner_locks(holder)] == [holder.node]
         assert [q.queue for q in holder.status().queues] == ["p"]
     finally:
-        holder._jobs._release_cleaner_lock(token)
+        holder._cleaner._release_cleaner_lock(token)
         if waiting.is_alive():
             waiting.join(30)
     assert results == [30] and [job.queue for job in other.list_jobs()] == ["p"]
@@ -106,7 +109,7 @@ def test_the_cleaner_lock_of_a_dead_node_is_taken_over_once_expired(
 ) -> None:
     dead, alive = make_queue(scope="s"), make_queue(scope="s")
     add_done_jobs(alive, 5)
-    assert dead._jobs._take_cleaner_lock(dead.node) is not None  # never released
+    assert dead._cleaner._take_cleaner_lock(dead.node) is not None  # never released
     assert alive.cleanup_jobs(skip_if_busy=True) == 0
     locks = alive._db.tables.locks
     with alive.engine.begin() as conn:
@@ -122,19 +125,19 @@ def test_the_cleaner_lock_of_a_dead_node_is_taken_over_once_expired(
 def test_the_cleaner_lock_of_one_scope_leaves_other_scopes_alone(make_queue: Callable) -> None:
     first, second = make_queue(scope="first"), make_queue(scope="second")
     add_done_jobs(second, 3)
-    assert first._jobs._take_cleaner_lock(first.node) is not None
+    assert first._cleaner._take_cleaner_lock(first.node) is not None
     assert second.cleanup_jobs(skip_if_busy=True) == 3
 
 
 def test_a_cleaner_whose_lock_was_taken_over_stops_deleting(make_queue: Callable) -> None:
     queue = make_queue()
     add_done_jobs(queue, 10)
-    token = queue._jobs._take_cleaner_lock(queue.node)
+    token = queue._cleaner._take_cleaner_lock(queue.node)
     assert token is not None
     locks = queue._db.tables.locks
     with queue.engine.begin() as conn:  # another node took the expired lock over
         conn.execute(locks.update().where(locks.c.queue == CLEANER_LOCK).values(token="theirs"))
-    assert queue._jobs._delete_batches(timedelta(0), False, 1000, token) == 0
+    assert queue._cleaner._delete_batches(timedelta(0), False, 1000, token) == 0
     assert len(queue.list_jobs()) == 10
 
 
@@ -144,9 +147,9 @@ def test_concurrent_cleaners_neither_deadlock_nor_fail_while_jobs_run(
     # Whoever holds the cleaner lock, at most one node is inside it at any instant.
     inside = [0, 0]  # now, most ever
     guard = threading.Lock()
-    original = JobStore._delete_batches
+    original = Cleaner._delete_batches
 
-    def counted(self: JobStore, *args: Any) -> int:
+    def counted(self: Cleaner, *args: Any) -> int:
         with guard:
             inside[0] += 1
             inside[1] = max(inside)
@@ -156,7 +159,7 @@ def test_concurrent_cleaners_neither_deadlock_nor_fail_while_jobs_run(
             with guard:
                 inside[0] -= 1
 
-    monkeypatch.setattr(JobStore, "_delete_batches", counted)
+    monkeypatch.setattr(Cleaner, "_delete_batches", counted)
     worker = make_queue(scope="s", performer=Recorder(), poll_interval=0.2)
     cleaners = [make_queue(scope="s") for _ in range(4)]
     old = add_done_jobs(worker, 3000)

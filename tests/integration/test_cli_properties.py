@@ -265,7 +265,7 @@ def test_max_attempts_is_stored_or_refused(url: str, client: Queuetopia, attempt
     before = count(client)
     result = create(url, "q", "a", options=("--max-attempts", attempts))
     try:
-        expected: int | None = int(attempts.strip())
+        expected: int | None = int(attempts)  # as click reads it
     except ValueError:
         expected = None
     if expected is None or not 1 <= expected <= 2**31 - 1:
@@ -316,7 +316,7 @@ def test_jobs_list_takes_pages_and_names_or_refuses_them(
     args = ["jobs", "list", "--scope", SCOPE, "--repo", url, "--json"]
     result = CliRunner().invoke(cli, [*args, "--page", page, "--page-size", size, "--queue", queue])
     try:
-        valid = 1 <= int(page.strip()) <= 10**9 and 1 <= int(size.strip()) <= 10_000
+        valid = 1 <= int(page) <= 10**9 and 1 <= int(size) <= 10_000  # as click reads them
     except ValueError:
         valid = False
     if not valid:

@@ -17,7 +17,8 @@ from freezegun import freeze_time
 from recording import Recorder, wait_until
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.store.claims import Claim, ClaimStore, PollResult
+from queuetopia_py.store.claims import ClaimStore, PollResult
+from queuetopia_py.store.locks import Claim
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
@@ -42,9 +43,9 @@ def test_a_running_node_with_a_skewed_clock_runs_what_the_database_says_is_due(
     polled = threading.Condition()
     real_poll = ClaimStore.poll
 
-    def counting_poll(self: ClaimStore, limit: int, exclude: set[str]) -> PollResult:
+    def counting_poll(self: ClaimStore, limit: int) -> PollResult:
         nonlocal polls
-        result = real_poll(self, limit, exclude)
+        result = real_poll(self, limit)
         with polled:
             polls += 1
             polled.notify_all()
@@ -66,4 +67,4 @@ def test_a_running_node_with_a_skewed_clock_runs_what_the_database_says_is_due(
     assert [j.id for j in recorder.started] == [due.id]
     assert queue.get_job(future.id).attempts == 0
     assert queue.get_job(locked.id).attempts == 1  # the holder's claim only
-    assert [lock["locked_by_node"] for lock in holder.locks_held()] == ["holder"]
+    assert [lock["locked_by_node"] for lock in holder.locks.locks_held()] == ["holder"]

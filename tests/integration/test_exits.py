@@ -19,6 +19,7 @@ from recording import Recorder, wait_until
 
 from queuetopia_py import Job, Performer, Queuetopia
 from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.records import RecordStore
 
 SCOPE = "exits-test"
 WORKER_MODULE = f"""
@@ -52,7 +53,7 @@ def client(url: str) -> Iterator[Queuetopia]:
 
 
 def _locks(client: Queuetopia) -> list[dict[str, object]]:
-    return ClaimStore(client._db, client.scope, "observer").locks_held()
+    return ClaimStore(client._db, client.scope, "observer").locks.locks_held()
 
 
 def _lines(log: Path) -> list[str]:
@@ -146,10 +147,10 @@ def test_exceptions_in_the_poll_are_logged_and_the_scheduler_goes_on(
     real_poll = ClaimStore.poll
     failures = [RuntimeError("injected poll failure")] * 2
 
-    def failing_poll(self: ClaimStore, limit: int, exclude: set[str]) -> object:
+    def failing_poll(self: ClaimStore, limit: int) -> object:
         if failures:
             raise failures.pop()
-        return real_poll(self, limit, exclude)
+        return real_poll(self, limit)
 
     monkeypatch.setattr(ClaimStore, "poll", failing_poll)
     recorder = Recorder()
@@ -189,16 +190,16 @@ def test_a_runner_failing_before_its_claim_holds_nothing_and_its_queue_runs_late
 def test_a_runner_failing_while_recording_leaves_a_lock_that_expires(
     make_queue: Callable[..., Queuetopia], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_record = ClaimStore.record_success_and_claim
+    real_record = RecordStore.record_success_and_claim
     failures = [RuntimeError("injected record failure")]
 
-    def failing_record(self: ClaimStore, claim: object, result: object) -> object:
+    def failing_record(self: RecordStore, claim: object, result: object) -> object:
         if failures:
             raise failures.pop()
         return real_record(self, claim, result)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ClaimStore, "record_success_and_claim", failing_record)
-    monkeypatch.setattr(ClaimStore, "record_success", failing_record)
+    monkeypatch.setattr(RecordStore, "record_success_and_claim", failing_record)
+    monkeypatch.setattr(RecordStore, "record_success", failing_record)
     recorder = Recorder()
     queue = make_queue(performer=recorder, poll_interval=0.2)
     job = queue.create_job("q", "a", {}, timeout=0.5, max_backoff=0)

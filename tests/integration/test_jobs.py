@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from queue_rows import resync
+from recording import Recorder, wait_until
 
 from queuetopia_py import InvalidJobError, Queuetopia, defaults
 from queuetopia_py.store.database import create_engine
@@ -166,7 +169,12 @@ def test_cleanup_deletes_only_old_completed_jobs_of_its_own_scope(
             (fresh_done.id, datetime.now(UTC)),
             (other_scope.id, long_ago),
         ):
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(done_at=done_at))
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(state="done", done_at=done_at, scheduled_at=done_at)
+            )
+    resync(engine, mails._db.tables)
     engine.dispose()
     assert mails.cleanup_jobs() == 1  # default retention: 7 days
     assert mails.get_job(old_done.id) is None
@@ -174,3 +182,37 @@ def test_cleanup_deletes_only_old_completed_jobs_of_its_own_scope(
     assert sms.get_job(other_scope.id) is not None
     assert mails.cleanup_jobs(older_than=0) == 1
     assert [j.id for j in mails.list_jobs()] == [pending.id]
+
+
+def test_jobs_created_in_one_callers_transaction_cost_one_listener_pair_and_one_thread(
+    make_queue: Callable, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder()
+    queue = make_queue(performer=recorder, poll_interval=600)
+    queue.start()
+    created: list[int] = []
+    queue.subscribe(lambda e: created.append(e.job_id), kinds=["job_created"])
+    followers: list[str] = []
+    start = threading.Thread.start
+
+    def counting(thread: threading.Thread) -> None:
+        if "commit" in thread.name:
+            followers.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        with conn.begin():
+            for i in range(1000):
+                queue.create_job(f"q{i % 10}", "a", {"i": i}, connection=conn)
+            listening = len(list(conn.dispatch.commit)) + len(list(conn.dispatch.rollback))
+        recorder.wait(lambda r: len(r.finished) == 1000, timeout=60)  # woken once, all ran
+        assert len(followers) == 1
+        for _ in range(3):  # more transactions on this connection: no more listeners
+            with conn.begin():
+                queue.create_job("q0", "a", {}, connection=conn)
+        after = len(list(conn.dispatch.commit)) + len(list(conn.dispatch.rollback))
+    engine.dispose()
+    assert listening == after == 2
+    wait_until(lambda: len(created) == 1003, 20, "every job announced")

@@ -17,7 +17,9 @@ from recording import Recorder, wait_until
 
 from queuetopia_py import ConfigurationError, DatabaseError, Job, Performer, Queuetopia
 from queuetopia_py.backoff import lock_lifetime, needs_renewal
-from queuetopia_py.store.claims import Busy, Claim, ClaimStore
+from queuetopia_py.lease import LeaseKeeper
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.locks import Busy, Claim, LockStore
 
 LEASE = timedelta(seconds=1.5)
 
@@ -27,7 +29,7 @@ def _claims(queue: Queuetopia, node: str, lease: timedelta = LEASE) -> ClaimStor
 
 
 def _lock_span(store: ClaimStore) -> timedelta:
-    (lock,) = store.locks_held()
+    (lock,) = store.locks.locks_held()
     return lock["locked_until"] - lock["locked_at"]
 
 
@@ -41,11 +43,11 @@ def test_the_lock_of_a_job_longer_than_the_lease_lives_one_lease(make_queue: Cal
     assert isinstance(first, Claim)
     assert _lock_span(store) == LEASE
     # Passed on with a success to the queue's next job: one lease again.
-    done, following = store.record_success_and_claim(first, None)
+    done, following = store.records.record_success_and_claim(first, None)
     assert done is not None and isinstance(following, Claim)
     assert _lock_span(store) == LEASE
     assert following.locked_until - following.job.attempted_at == LEASE
-    store.record_success(following)
+    store.records.record_success(following)
     # A job shorter than the lease keeps the lock of its timeout + 1 s, never renewed.
     short = store.claim("short")
     assert isinstance(short, Claim)
@@ -72,13 +74,13 @@ def test_a_long_attempt_keeps_its_lock_while_it_runs_and_nobody_takes_it(
     queue.start()
     recorder.wait(lambda r: len(r.started) == 1)
     other = _claims(queue, "other-node")
-    first_until = other.locks_held()[0]["locked_until"]
+    first_until = other.locks.locks_held()[0]["locked_until"]
     # Renewed every third of the lease: the lock is pushed further on each time, until
     # well past its first lifetime and the head's backoff (2 s from the claim).
     seen = [first_until]
 
     def renewed_past_the_backoff() -> bool:
-        until = other.locks_held()[0]["locked_until"]
+        until = other.locks.locks_held()[0]["locked_until"]
         if until > seen[-1]:
             seen.append(until)
         return until > first_until + timedelta(seconds=3)
@@ -91,7 +93,7 @@ def test_a_long_attempt_keeps_its_lock_while_it_runs_and_nobody_takes_it(
     wait_until(lambda: queue.get_job(job.id).done, 20, "the job done")
     stored = queue.get_job(job.id)
     assert stored.attempts == 1 and stored.error is None
-    assert other.locks_held() == []
+    assert other.locks.locks_held() == []
 
 
 def test_a_long_attempt_outliving_many_leases_is_never_run_twice(make_queue: Callable) -> None:
@@ -106,10 +108,10 @@ def test_a_long_attempt_outliving_many_leases_is_never_run_twice(make_queue: Cal
     for node in nodes:
         node.start()
     recorder.wait(lambda r: len(r.started) == 1)
-    lock = _claims(nodes[0], "observer").locks_held()[0]
+    lock = _claims(nodes[0], "observer").locks.locks_held()[0]
     wait_until(
         lambda: (
-            _claims(nodes[0], "observer").locks_held()[0]["locked_until"]
+            _claims(nodes[0], "observer").locks.locks_held()[0]["locked_until"]
             > lock["locked_until"] + timedelta(seconds=3)
         ),
         30,
@@ -129,14 +131,14 @@ def test_a_failing_renewal_is_logged_once_and_retried_until_it_succeeds(
     queue = make_queue(performer=recorder, lock_lease=LEASE.total_seconds(), poll_interval=30)
     job = queue.create_job("q", "long", {}, timeout=120)
     failures = threading.Semaphore(0)
-    real_renew = ClaimStore.renew
+    real_renew = LockStore.renew
 
-    def unreachable(self: ClaimStore, claim: Claim, *, retry: bool = True) -> bool:
+    def unreachable(self: LockStore, claim: Claim, *, retry: bool = True) -> bool:
         if failures.acquire(blocking=False):
             raise DatabaseError("database error: connection refused")
         return real_renew(self, claim, retry=retry)
 
-    monkeypatch.setattr(ClaimStore, "renew", unreachable)
+    monkeypatch.setattr(LockStore, "renew", unreachable)
     caplog.set_level(logging.WARNING, logger="queuetopia_py.lease")
     queue.start()
     recorder.wait(lambda r: len(r.started) == 1)
@@ -149,7 +151,7 @@ def test_a_failing_renewal_is_logged_once_and_retried_until_it_succeeds(
     )
     assert caplog.text.count("could not renew the lock of a running attempt") == 1
     assert not isinstance(_claims(queue, "other").claim("q"), Claim)
-    assert _claims(queue, "other").locks_held()[0]["locked_by_node"] == queue.node
+    assert _claims(queue, "other").locks.locks_held()[0]["locked_by_node"] == queue.node
     release.set()
     wait_until(lambda: queue.get_job(job.id).done, 20, "the job done")
     assert queue.get_job(job.id).attempts == 1 and len(recorder.started) == 1
@@ -165,9 +167,9 @@ def test_a_lock_lost_while_its_attempt_runs_is_reported(
     caplog.set_level(logging.ERROR, logger="queuetopia_py.lease")
     queue.start()
     recorder.wait(lambda r: len(r.started) == 1)
-    locks = queue._db.tables.locks
-    with queue.engine.begin() as conn:  # an operator deletes the lock row by hand
-        conn.execute(locks.delete())
+    queues = queue._db.tables.queues
+    with queue.engine.begin() as conn:  # an operator removes the lock by hand
+        conn.execute(queues.update().values(token=None, locked_until=None))
     wait_until(
         lambda: "the lock of a running attempt was lost" in caplog.text, 20, "the loss reported"
     )
@@ -200,9 +202,9 @@ time.sleep(3600)
         assert process.stdout.readline().strip() == b"started"
         # Alive for several leases: not taken over meanwhile.
         store = _claims(holder, "observer")
-        first = store.locks_held()[0]["locked_until"]
+        first = store.locks.locks_held()[0]["locked_until"]
         wait_until(
-            lambda: store.locks_held()[0]["locked_until"] > first + timedelta(seconds=2),
+            lambda: store.locks.locks_held()[0]["locked_until"] > first + timedelta(seconds=2),
             30,
             "the holder to renew its lock twice",
         )
@@ -264,7 +266,7 @@ def test_a_restarted_node_reusing_its_name_does_not_inherit_its_live_locks(
     assert isinstance(dead.claim("q"), Claim)
     reborn = _claims(queue, "worker-1")
     assert isinstance(reborn.claim("q"), Busy)
-    assert not reborn.renew(
+    assert not reborn.locks.renew(
         Claim(queue.list_jobs()[0], "not-the-token", queue.list_jobs()[0].attempted_at, 0.0)
     )
 
@@ -283,12 +285,12 @@ def test_under_the_process_executor_an_attempt_whose_lock_cannot_be_renewed_is_s
     killed before its lock runs out, so no other node can run the queue meanwhile."""
     renewals = 0
 
-    def unreachable(self: ClaimStore, claim: Claim, *, retry: bool = True) -> bool:
+    def unreachable(self: LockStore, claim: Claim, *, retry: bool = True) -> bool:
         nonlocal renewals
         renewals += 1
         raise DatabaseError("database error: connection refused")
 
-    monkeypatch.setattr(ClaimStore, "renew", unreachable)
+    monkeypatch.setattr(LockStore, "renew", unreachable)
     queue = make_queue(
         performer=_HangsOnce,
         executor="process",
@@ -302,3 +304,43 @@ def test_under_the_process_executor_an_attempt_whose_lock_cannot_be_renewed_is_s
     assert stored.attempts == 2 and stored.result == "second"
     assert stored.error == "lock_lease_lapsed"
     assert renewals >= 2  # it kept trying until the lease was nearly out
+
+
+def test_a_late_renewal_of_a_passed_lock_leaves_the_next_job_kept(make_queue: Callable) -> None:
+    """The keeper renews job 1 while its success passes the queue's lock to job 2: the
+    renewal answers False for job 1, and job 2's lock must still be kept and renewed."""
+    queue = make_queue()
+    queue.create_job("q", "long", {"n": 1}, timeout=600)
+    queue.create_job("q", "long", {"n": 2}, timeout=600)
+    renewing_first, go_on = threading.Event(), threading.Event()
+
+    store = ClaimStore(queue._db, queue.scope, "node-a", LEASE)
+    renew = store.locks.renew
+
+    def slow_first_renewal(claim: Claim, *, retry: bool = True) -> bool:
+        if claim.job.params["n"] == 1:
+            renewing_first.set()
+            go_on.wait(20)
+        return renew(claim, retry=retry)
+
+    store.locks.renew = slow_first_renewal  # type: ignore[method-assign]
+    keeper = LeaseKeeper(store.locks)
+    first = store.claim("q")
+    assert isinstance(first, Claim)
+    with keeper.keep(first):
+        assert renewing_first.wait(20)  # the keeper is renewing job 1 now...
+        done, second = store.records.record_success_and_claim(first)  # ... as the lock passes on
+    assert done is not None and isinstance(second, Claim)
+    with keeper.keep(second):
+        go_on.set()  # job 1's renewal answers: its lock is gone
+        until = second.locked_until
+        wait_until(
+            lambda: (
+                bool(store.locks.locks_held())
+                and store.locks.locks_held()[0]["locked_until"] > until + timedelta(seconds=1)
+            ),
+            20,
+            "job 2's lock renewed after job 1's renewal failed",
+        )
+        assert keeper.kept == 1
+    store.records.record_success(second)

@@ -3,12 +3,20 @@ passes from job to job, and every case where it must not pass releases it."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from queuetopia_py import Queuetopia
+import pytest
+import sqlalchemy as sa
+from recording import wait_until
+
+from queuetopia_py import DatabaseUnavailableError, Job, Performer, Queuetopia
 from queuetopia_py.backoff import default_backoff, lock_lifetime
-from queuetopia_py.store.claims import Claim, ClaimStore, Interrupted, NotDue
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.database import Database
+from queuetopia_py.store.locks import Claim, Interrupted, NotDue
 
 
 def _claims(queue: Queuetopia, node: str = "node-a") -> ClaimStore:
@@ -24,7 +32,7 @@ def _claim_q(queue: Queuetopia) -> tuple[ClaimStore, Claim]:
 
 
 def _lock_rows(queue: Queuetopia) -> list[dict[str, object]]:
-    return _claims(queue).locks_held()
+    return _claims(queue).locks.locks_held()
 
 
 def test_the_lock_passes_to_the_next_job_which_is_claimed(make_queue: Callable) -> None:
@@ -34,21 +42,21 @@ def test_the_lock_passes_to_the_next_job_which_is_claimed(make_queue: Callable) 
     claims, claim = _claim_q(queue)
     assert claim.job.id == first.id
 
-    done, following = claims.record_success_and_claim(claim, {"ok": 1})
+    done, following = claims.records.record_success_and_claim(claim, {"ok": 1})
 
     assert done is not None and done.id == first.id and done.result == {"ok": 1}
     assert isinstance(following, Claim) and following.job.id == second.id
     assert following.job.attempts == 1 and following.job.attempted_by == "node-a"
-    assert following.token == claim.token
+    assert following.token != claim.token  # every claim its own token
     stored = queue.get_job(first.id)
     assert stored is not None and stored.done and stored.result == {"ok": 1}
     assert queue.get_job(second.id).attempts == 1  # type: ignore[union-attr]
     [lock] = _lock_rows(queue)
-    assert lock["job_id"] == second.id and lock["token"] == claim.token
+    assert lock["job_id"] == second.id and lock["token"] == following.token
     # The queue stays exclusive while the lock passes.
     assert not isinstance(_claims(queue, "node-b").claim("q"), Claim)
 
-    done, following = claims.record_success_and_claim(following)
+    done, following = claims.records.record_success_and_claim(following)
     assert done is not None and done.id == second.id
     assert following is None  # the queue is empty: the lock is released
     assert _lock_rows(queue) == []
@@ -60,7 +68,7 @@ def test_a_next_job_scheduled_later_is_not_claimed(make_queue: Callable) -> None
     later = queue.create_job("q", "a", {}, scheduled_at=datetime.now(UTC) + timedelta(hours=1))
     claims, claim = _claim_q(queue)
 
-    done, following = claims.record_success_and_claim(claim)
+    done, following = claims.records.record_success_and_claim(claim)
 
     assert done is not None
     # PostgreSQL's one-statement record says nothing about a head it does not claim.
@@ -80,7 +88,7 @@ def test_a_suspended_queue_passes_nothing(make_queue: Callable) -> None:
     claims, claim = _claim_q(queue)
     queue.suspend("q")
 
-    done, following = claims.record_success_and_claim(claim)
+    done, following = claims.records.record_success_and_claim(claim)
 
     assert done is not None and following is None
     assert queue.get_job(nxt.id).attempts == 0  # type: ignore[union-attr]
@@ -92,12 +100,12 @@ def test_a_lost_claim_records_nothing_and_claims_nothing(make_queue: Callable) -
     job = queue.create_job("q", "a", {})
     nxt = queue.create_job("q", "a", {})
     claims, claim = _claim_q(queue)
-    # Another node took the job over meanwhile (its attempt counted: the fence moved).
+    # Another node took the job over meanwhile: its claim is the job's now.
     jobs = queue._db.tables.jobs
     with queue.engine.begin() as conn:
-        conn.execute(jobs.update().where(jobs.c.id == job.id).values(attempts=5))
+        conn.execute(jobs.update().where(jobs.c.id == job.id).values(claim_token="other"))
 
-    done, following = claims.record_success_and_claim(claim)
+    done, following = claims.records.record_success_and_claim(claim)
 
     assert done is None and following is None
     assert not queue.get_job(job.id).done  # type: ignore[union-attr]
@@ -120,7 +128,7 @@ def test_an_interrupted_final_attempt_of_the_next_job_meets_its_failure_mode(
         )
     claims, claim = _claim_q(queue)
 
-    done, following = claims.record_success_and_claim(claim)
+    done, following = claims.records.record_success_and_claim(claim)
 
     assert done is not None
     if following is None:
@@ -141,7 +149,7 @@ def test_a_passed_claim_counts_its_attempt_like_an_ordinary_claim(make_queue: Ca
         conn.execute(jobs.update().where(jobs.c.id == nxt.id).values(attempts=3))
     claims, claim = _claim_q(queue)
 
-    _, following = claims.record_success_and_claim(claim)
+    _, following = claims.records.record_success_and_claim(claim)
 
     assert isinstance(following, Claim)
     job = following.job
@@ -162,12 +170,74 @@ def test_a_claim_given_back_leaves_the_job_as_it_was(make_queue: Callable) -> No
     queue.create_job("q", "a", {})
     nxt = queue.create_job("q", "a", {})
     claims, claim = _claim_q(queue)
-    _, following = claims.record_success_and_claim(claim)
+    _, following = claims.records.record_success_and_claim(claim)
     assert isinstance(following, Claim)
 
-    claims.give_back(following)
+    claims.locks.give_back(following)
 
     assert queue.get_job(nxt.id) == nxt
     assert _lock_rows(queue) == []
     again = _claims(queue, "node-b").claim("q")
     assert isinstance(again, Claim) and again.job.id == nxt.id and again.job.attempts == 1
+
+
+def _lost_connection() -> DatabaseUnavailableError:
+    """What a connection lost just after the server committed looks like to us."""
+    error = DatabaseUnavailableError("database unreachable: connection lost after commit")
+    error.__cause__ = sa.exc.OperationalError(
+        "COMMIT", {}, Exception("server closed the connection"), connection_invalidated=True
+    )
+    return error
+
+
+def test_a_success_whose_acknowledgement_was_lost_is_recognised_when_retried(
+    make_queue: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops after the statement recording job 1's success (and passing
+    the lock to job 2) committed: the retry must recognise its own commit, so job 1's
+    success is reported once and job 2 runs once, charged one attempt."""
+    performed: list[int] = []
+    hooks: list[int] = []
+    ran_first = threading.Event()
+    lose = threading.Event()
+
+    class Performs(Performer):
+        def perform(self, job: Job) -> object:
+            performed.append(job.id)
+            if job.id == first.id:
+                ran_first.set()
+            return {"n": job.id}
+
+        def handle_succeeded_job(self, job: Job) -> None:
+            hooks.append(job.id)
+
+    def losing(original):  # type: ignore[no-untyped-def]
+        @contextlib.contextmanager
+        def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            with original(self, *args, **kwargs) as inner:
+                yield inner
+            runner = threading.current_thread().name == "queuetopia-runner"
+            if runner and not args and ran_first.is_set() and not lose.is_set():
+                lose.set()  # once: the commit happened, its answer is lost
+                raise _lost_connection()
+
+        return wrapper
+
+    monkeypatch.setattr(Database, "transaction", losing(Database.transaction))
+    queue = make_queue(performer=Performs, poll_interval=30)
+    first = queue.create_job("q", "a", {}, timeout=2, max_attempts=1)
+    second = queue.create_job("q", "a", {}, timeout=2, max_attempts=1)
+    succeeded: list[int] = []
+    queue.subscribe(lambda e: succeeded.append(e.job_id), kinds=["attempt_succeeded"])
+    queue.start()
+    wait_until(
+        lambda: not queue.get_job(second.id).pending,  # type: ignore[union-attr]
+        20,
+        "the second job recorded",
+    )
+    assert lose.is_set()
+    assert queue.get_job(first.id).result == {"n": first.id}  # type: ignore[union-attr]
+    stored = queue.get_job(second.id)
+    assert stored is not None and stored.done and stored.attempts == 1
+    assert performed == [first.id, second.id]
+    assert succeeded == hooks == [first.id, second.id]

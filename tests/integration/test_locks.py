@@ -14,7 +14,8 @@ from freezegun import freeze_time
 from recording import wait_until
 
 from queuetopia_py import Job, Performer, Queuetopia
-from queuetopia_py.store.claims import Busy, Claim, ClaimStore, NotDue
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.locks import Busy, Claim, NotDue
 
 
 def _claims(queue: Queuetopia, node: str) -> ClaimStore:
@@ -22,11 +23,11 @@ def _claims(queue: Queuetopia, node: str) -> ClaimStore:
 
 
 def _expire_lock(queue: Queuetopia, name: str) -> None:
-    locks = queue._db.tables.locks
+    queues = queue._db.tables.queues
     with queue.engine.begin() as conn:
         conn.execute(
-            locks.update()
-            .where(locks.c.queue == name)
+            queues.update()
+            .where(queues.c.queue == name, queues.c.token.is_not(None))
             .values(locked_until=datetime.now(UTC) - timedelta(hours=1))
         )
 
@@ -46,7 +47,7 @@ def test_the_lock_lives_the_job_timeout_plus_one_second(make_queue: Callable) ->
     store = _claims(queue, "node-a")
     claim = store.claim("q")
     assert isinstance(claim, Claim)
-    (lock,) = store.locks_held()
+    (lock,) = store.locks.locks_held()
     assert lock["locked_until"] - lock["locked_at"] == timedelta(seconds=6)
     assert lock["locked_by_node"] == "node-a" and lock["token"] == claim.token
     assert claim.job.attempted_at == lock["locked_at"]
@@ -86,27 +87,29 @@ def test_an_expired_lock_is_taken_over_and_its_old_holder_cannot_record(
     new_claim = new.claim("q")
     assert isinstance(new_claim, Claim) and new_claim.job.attempts == 2
     # The old holder wakes up late: nothing it records lands.
-    assert old.record_success(old_claim) is None
-    assert old.record_failure(old_claim, "late", None, keep_lock=False) is None
-    assert not old.renew(old_claim)
-    old.release(old_claim)
-    assert new.locks_held()[0]["token"] == new_claim.token
+    assert old.records.record_success(old_claim) is None
+    assert old.records.record_failure(old_claim, "late", None, keep_lock=False) is None
+    assert not old.locks.renew(old_claim)
+    old.locks.release(old_claim)
+    assert new.locks.locks_held()[0]["token"] == new_claim.token
     assert queue.get_job(job.id).done_at is None
-    assert new.record_success(new_claim) is not None
+    assert new.records.record_success(new_claim) is not None
     stored = queue.get_job(job.id)
     assert stored.done and stored.attempted_by == "new" and stored.error is None
-    assert new.locks_held() == []
+    assert new.locks.locks_held() == []
 
 
-def test_polling_sweeps_expired_locks(make_queue: Callable) -> None:
+def test_an_expired_lock_puts_its_queue_back_in_the_polls(make_queue: Callable) -> None:
     queue = make_queue()
     queue.create_job("q", "a", {}, timeout=30, max_backoff=0)
     store = _claims(queue, "a")
     assert isinstance(store.claim("q"), Claim)
-    assert store.poll(10, set()).queues == []  # locked: not offered
+    assert store.poll(10).queues == []  # locked: not offered
     _expire_lock(queue, "q")
-    assert store.poll(10, set()).queues == ["q"]
-    assert store.locks_held() == []
+    assert store.poll(10).queues == ["q"]
+    taken = _claims(queue, "b").claim("q")  # taken over in place
+    assert isinstance(taken, Claim)
+    assert [lock["locked_by_node"] for lock in store.locks.locks_held()] == ["b"]
 
 
 def test_a_head_backing_off_is_not_due_even_when_later_jobs_are(make_queue: Callable) -> None:
@@ -118,12 +121,11 @@ def test_a_head_backing_off_is_not_due_even_when_later_jobs_are(make_queue: Call
     claim = store.claim("blocked")
     assert isinstance(claim, Claim)
     retry_at = claim.job.attempted_at + timedelta(minutes=10)
-    store.record_failure(claim, "boom", retry_at, keep_lock=False)
-    result = store.poll(10, set())
-    assert set(result.queues) == {"blocked", "free"}  # both have due jobs...
-    not_due = store.claim("blocked")  # ... but the blocked head decides
+    store.records.record_failure(claim, "boom", retry_at, keep_lock=False)
+    result = store.poll(10)
+    assert result.queues == ["free"]  # the head decides, whatever is due behind it
+    not_due = store.claim("blocked")
     assert isinstance(not_due, NotDue) and timedelta(minutes=9) < not_due.wait
-    assert store.poll(10, {"blocked"}).queues == ["free"]
     assert result.next_in is not None and timedelta(minutes=9) < result.next_in
 
 
@@ -142,7 +144,7 @@ def test_a_node_whose_clock_is_ahead_neither_steals_a_live_lock_nor_runs_early(
         skewed = _claims(queue, "skewed")
         assert isinstance(skewed.claim("locked"), Busy)
         assert isinstance(skewed.claim("future"), NotDue)
-        assert skewed.poll(10, set()).queues == []
+        assert skewed.poll(10).queues == []
     assert queue.get_job(later.id).attempts == 0
 
 
@@ -299,14 +301,16 @@ def test_stop_leaves_a_timed_out_thread_holding_its_queue_until_it_returns(
     claims = _claims(queue, "observer")
     wait_until(lambda: queue.list_jobs()[0].error == "job_timeout", 20, "timed out")
     assert queue.stop(timeout=5)  # not held up by the unkillable thread
-    first = claims.locks_held()[0]["locked_until"]
+    first = claims.locks.locks_held()[0]["locked_until"]
     wait_until(
-        lambda: claims.locks_held() and claims.locks_held()[0]["locked_until"] > first,
+        lambda: claims.locks.locks_held() and claims.locks.locks_held()[0]["locked_until"] > first,
         20,
         "lock renewed after stop",
     )
     release.set()
-    wait_until(lambda: claims.locks_held() == [], 20, "lock released once the thread returned")
+    wait_until(
+        lambda: claims.locks.locks_held() == [], 20, "lock released once the thread returned"
+    )
 
 
 def test_a_final_attempt_still_running_under_its_lock_is_not_given_up(
@@ -319,5 +323,5 @@ def test_a_final_attempt_still_running_under_its_lock_is_not_given_up(
     assert isinstance(claim, Claim)  # due again at once (max_backoff=0), but locked
     assert isinstance(_claims(queue, "other").claim("q"), Busy)
     assert not queue.get_job(job.id).given_up
-    assert holder.record_success(claim) is not None
+    assert holder.records.record_success(claim) is not None
     assert queue.get_job(job.id).done

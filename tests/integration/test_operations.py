@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from recording import Recorder, wait_until
 
 from queuetopia_py import (
+    InvalidJobError,
     Job,
     JobInProgressError,
     JobNotFoundError,
@@ -329,8 +330,10 @@ def test_status_shows_queues_heads_locks_and_running_attempts(make_queue: Callab
     recorder.wait(lambda r: len(r.failed) == 2 and len(r.started) == 3)
     status = queue.status()
     assert status.scope == queue.scope and status.suspended is None
-    assert [q.queue for q in status.queues] == ["bad", "busy", "gone"]
-    busy_q, bad_q, gone_q = status.queue("busy"), status.queue("bad"), status.queue("gone")
+    # Blocked queues first; a queue with nothing pending ("gone") is not shown.
+    assert [q.queue for q in status.queues] == ["bad", "busy"]
+    assert (status.queue_count, status.blocked_count, status.next_after) == (2, 1, None)
+    busy_q, bad_q = status.queue("busy"), status.queue("bad")
     assert busy_q.pending == 2 and busy_q.head.id == busy.id and not busy_q.blocked
     assert busy_q.lock is not None and busy_q.lock.node == "node-a"
     assert busy_q.running is not None and busy_q.running.job.id == busy.id
@@ -338,10 +341,30 @@ def test_status_shows_queues_heads_locks_and_running_attempts(make_queue: Callab
     assert bad_q.blocked and bad_q.head.id == bad.id and bad_q.head.attempts == 1
     assert bad_q.lock is None and bad_q.running is None
     assert status.blocked == [bad_q]
-    assert (gone_q.pending, gone_q.failed, gone_q.head) == (0, 1, None)
     assert queue.get_job(gone.id).state == "given_up"
     release.set()
     wait_until(lambda: queue.status().queue("busy") is None, 20, "busy queue emptied")
+
+
+def test_status_pages_through_many_queues_blocked_ones_first(make_queue: Callable) -> None:
+    queue = make_queue(performer=Recorder(lambda job: failing(job) if job.queue < "c" else None))
+    for name in ("a1", "a2", "c1", "c2", "c3"):  # "a" queues fail: blocked
+        queue.create_job(name, "x", {})
+        queue.create_job(name, "x", {})
+    drain(queue)  # each head ran once: the "a" heads failed and back off
+    queue.create_job("c1", "x", {}, scheduled_at=datetime.now(UTC) + timedelta(hours=1))
+    seen: list[str] = []
+    after = None
+    while True:
+        page = queue.status(2, after=after)
+        assert (page.queue_count, page.blocked_count) == (3, 2)
+        seen += [q.queue for q in page.queues]
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert seen == ["a1", "a2", "c1"]
+    with pytest.raises(InvalidJobError, match="limit"):
+        queue.status(0)
 
 
 def test_status_of_an_empty_scope(make_queue: Callable) -> None:

@@ -13,7 +13,7 @@ import pytest
 from recording import Recorder, wait_until
 
 from queuetopia_py import DatabaseUnavailableError, Job, Performer, report_progress
-from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.records import RecordStore
 
 # How long a worker process's attempt waits for the test's release file at most.
 _RELEASE_LIMIT = 60.0
@@ -42,7 +42,7 @@ class ReleasedPerformer(Performer):
         return {"attempt": job.attempts}
 
 
-def _unreachable(self: ClaimStore, job: Job, message: str | None, fraction: float | None) -> bool:
+def _unreachable(self: RecordStore, job: Job, message: str | None, fraction: float | None) -> bool:
     raise DatabaseUnavailableError("database unreachable: test")
 
 
@@ -53,7 +53,7 @@ def test_a_failing_progress_write_in_a_worker_process_neither_fails_nor_overlaps
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The worker process sends its progress to the node (this process), which writes it.
-    monkeypatch.setattr(ClaimStore, "set_progress", _unreachable)
+    monkeypatch.setattr(RecordStore, "set_progress", _unreachable)
     history, release = tmp_path / "history", tmp_path / "release"
     queue = make_queue(performer=ReleasedPerformer, executor="process", poll_interval=0.2)
     job = queue.create_job(
@@ -99,12 +99,12 @@ def test_a_hanging_then_failing_progress_write_neither_blocks_nor_fails_perform(
     writing = threading.Event()
     unblock = threading.Event()
 
-    def hanging(self: ClaimStore, job: Job, message: str | None, fraction: float | None) -> bool:
+    def hanging(self: RecordStore, job: Job, message: str | None, fraction: float | None) -> bool:
         writing.set()
         unblock.wait(60)  # as a write does while the database is unreachable
         raise DatabaseUnavailableError("database unreachable: test")
 
-    monkeypatch.setattr(ClaimStore, "set_progress", hanging)
+    monkeypatch.setattr(RecordStore, "set_progress", hanging)
     went_on = threading.Event()
     reported: list[bool] = []
 

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.store.claims import Claim, ClaimStore
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.locks import Claim
 
 
 def _kill_pinned_connection(queue: Queuetopia) -> None:
@@ -40,10 +41,10 @@ def test_the_hot_path_survives_its_connection_being_killed(make_queue: Callable)
         claim = store.claim("q")
         assert isinstance(claim, Claim) and claim.job.id == first.id
         _kill_pinned_connection(queue)
-        done, following = store.record_success_and_claim(claim, {"ok": True})
+        done, following = store.records.record_success_and_claim(claim, {"ok": True})
         assert done is not None and isinstance(following, Claim)
         assert following.job.id == second.id
         _kill_pinned_connection(queue)
-        assert store.record_success(following) is not None
+        assert store.records.record_success(following) is not None
     assert [(j.done, j.attempts) for j in queue.list_jobs()] == [(True, 1), (True, 1)]
-    assert store.locks_held() == []
+    assert store.locks.locks_held() == []

@@ -181,9 +181,9 @@ def test_a_timed_out_attempt_is_recorded_and_its_queue_stays_locked_until_it_ret
     claims = queue._scheduler.claims
     wait_until(
         lambda: (
-            claims.locks_held()
-            and claims.locks_held()[0]["locked_until"]
-            > claims.locks_held()[0]["locked_at"] + timedelta(seconds=1.3)
+            claims.locks.locks_held()
+            and claims.locks.locks_held()[0]["locked_until"]
+            > claims.locks.locks_held()[0]["locked_at"] + timedelta(seconds=1.3)
         ),
         what="lock renewed",
     )
@@ -441,3 +441,87 @@ def test_a_runner_waits_a_while_for_new_work_before_it_ends(make_queue: Callable
     # The same runner (so the same attempt thread) ran both: no thread was started.
     assert threads[0] is threads[1]
     assert queue.stop(timeout=10)
+
+
+def test_queues_whose_head_backs_off_cost_no_claim_while_others_flow(
+    make_queue: Callable,
+) -> None:
+    """Blocked queues (head failing, jobs due behind it) are neither listed by polls nor
+    claimed until their head is due: a flowing queue runs beside them untouched."""
+
+    class LongBackoff(Recorder):
+        def backoff(self, job: Job) -> timedelta:
+            return timedelta(hours=1)
+
+    recorder = LongBackoff(
+        lambda job: 1 / 0 if job.queue.startswith("blocked") else time.sleep(0.05)
+    )
+    queue = make_queue(performer=recorder, poll_interval=0.2)
+    blocked = [f"blocked{i}" for i in range(30)]
+    for name in blocked:
+        for _ in range(3):  # a failing head, and two jobs due behind it
+            queue.create_job(name, "a", {})
+    queue.start()
+    recorder.wait(lambda r: len(r.failed) == len(blocked))
+    claimed: list[str] = []
+    claims = queue._scheduler.claims
+    original = claims.claim
+
+    def counting(name: str):  # type: ignore[no-untyped-def]
+        claimed.append(name)
+        return original(name)
+
+    claims.claim = counting  # type: ignore[method-assign]
+    for i in range(20):  # a second of flowing work: several polls meanwhile
+        queue.create_job("flowing", "a", {"i": i})
+    recorder.wait(lambda r: len([j for j in r.finished if j.queue == "flowing"]) == 20)
+    assert [name for name in claimed if name.startswith("blocked")] == []
+    assert recorder.order("flowing") == list(range(20))
+
+
+def test_a_scheduler_leaving_70000_queues_aside_still_polls(make_queue: Callable) -> None:
+    """Queues a node leaves aside (not due, just failed) never travel to the database as
+    a list of names: with 70,000 of them the poll still works."""
+    recorder = Recorder()
+    queue = make_queue(performer=recorder, poll_interval=0.2)
+    queue.start()
+    far = time.monotonic() + 3600
+    with queue._scheduler._active_lock:
+        queue._scheduler._not_due.update({f"aside{i}": far for i in range(70_000)})
+    # Created by another instance and due a little later: found by a poll.
+    other = make_queue()
+    other.create_job("free", "a", {}, scheduled_at=datetime.now(UTC) + timedelta(seconds=0.5))
+    recorder.wait(lambda r: len(r.finished) == 1, timeout=30)
+
+
+class _CountedName(str):
+    """A queue name that counts how often it is compared with another."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountedName.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_offering_queues_to_a_busy_node_never_scans_its_waiting_line(
+    make_queue: Callable,
+) -> None:
+    release = threading.Event()
+    recorder = Recorder(lambda job: release.wait(30))
+    queue = make_queue(performer=recorder, max_concurrency=1, poll_interval=600)
+    queue.create_job("running", "a", {})
+    queue.start()
+    recorder.wait(lambda r: len(r.started) == 1)
+    names = [_CountedName(f"waiting{i}") for i in range(3000)]
+    _CountedName.comparisons = 0
+    for name in names:
+        queue._scheduler.offer(name)
+    for name in names[:100]:
+        queue._scheduler.offer(name)  # offered again: already waiting
+    comparisons = _CountedName.comparisons
+    release.set()
+    assert comparisons < 10 * len(names), f"{comparisons} comparisons for {len(names)} offers"

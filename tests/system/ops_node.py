@@ -38,7 +38,7 @@ from typing import Any
 from history import append_event
 from node import LOG_ENV, NODE_ENV, setup_node_process
 
-from queuetopia_py import Job, Performer, Queuetopia, report_progress
+from queuetopia_py import Job, JobSummary, Performer, Queuetopia, report_progress
 
 NODE_NAME_ENV = "QUEUETOPIA_SYSTEM_NODE_NAME"
 # How long an attempt waits for its `wait_file` at most (then it goes on).
@@ -119,7 +119,7 @@ def to_json(value: Any) -> Any:
     """A JSON form of the operations API's values (dataclasses, instants, durations)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         data = {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, Job):
+        if isinstance(value, JobSummary):
             data["state"] = value.state
         return data
     if isinstance(value, dict):

@@ -72,10 +72,10 @@ class KillReport:
 
 def lock_expiry(cluster: Cluster, queue: str) -> float:
     """The `locked_until` (database time, as a Unix time) of the queue's lock."""
-    locks = build_tables().locks
+    queues = build_tables().queues
     with cluster.queue.engine.connect() as conn:
         until = conn.execute(
-            sa.select(locks.c.locked_until).where(locks.c.queue == queue)
+            sa.select(queues.c.locked_until).where(queues.c.queue == queue)
         ).scalar_one()
     return float(until.timestamp())
 
@@ -212,3 +212,42 @@ def test_jobs_created_while_no_node_runs_survive_a_graceful_restart(cluster: Clu
     after = [a for a in attempts if a.job not in done]
     assert after and all(a.node == second.pid and a.start > stopped["t"] for a in after)
     print(f"\nrestart: {len(by_first)} jobs before the stop, {len(after)} after")
+
+
+def _deadlocks(cluster: Cluster) -> int:
+    """Deadlocks the database server has detected so far (in this test's database)."""
+    with cluster.queue.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                    )
+                ).scalar_one()
+            )
+        return int(conn.execute(sa.text("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")).one()[1])
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_four_nodes_share_a_thousand_queues_without_deadlock_or_stall(cluster: Cluster) -> None:
+    queues = [f"q{i:04d}" for i in range(1000)]
+    created = cluster.queue.create_jobs(
+        {"queue": q, "action": "system", "params": {"seq": seq}, "timeout": JOB_TIMEOUT}
+        for seq in range(2)
+        for q in queues
+    )
+    expected: dict[str, list[int]] = {q: [] for q in queues}
+    for job in created:
+        expected[job.queue].append(job.id)
+    before = _deadlocks(cluster)
+    nodes = cluster.start_nodes(4)
+    cluster.wait_all_done(timeout=90)
+    events = cluster.events()
+    assert check_history(events, expected) == []
+    attempts = attempts_of(events)
+    assert len(attempts) == len(created), "without a crash, each job runs exactly once"
+    assert _deadlocks(cluster) == before, "the nodes' claims and records deadlocked"
+    per_node = Counter(a.node for a in attempts)
+    assert set(per_node) == {n.pid for n in nodes}, f"a node ran nothing: {per_node}"
+    for node in nodes:
+        assert cluster.terminate(node) == 0, node.describe()

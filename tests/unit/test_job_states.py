@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from factories import make_job
 
-from queuetopia_py import JOB_STATES, InvalidJobError, MoveTo
-from queuetopia_py.job import Intervention, dead_letter_queue, to_on_failure
+from queuetopia_py import InvalidJobError, JobState, MoveTo, OnFailure
+from queuetopia_py.job import Intervention, to_on_failure
 
 NOW = datetime.now(UTC)
 
@@ -20,16 +20,16 @@ NOW = datetime.now(UTC)
         ({"attempts": 1, "error": "boom"}, "retrying"),
         ({"attempts": 3, "round_start": 3, "error": "old error"}, "pending"),
         ({"attempts": 1, "error": "boom", "next_attempt_at": None}, "blocked"),
-        ({"done_at": NOW, "outcome": "aborted"}, "done"),
-        ({"outcome": "given_up", "next_attempt_at": None}, "given_up"),
-        ({"outcome": "cancelled", "next_attempt_at": None}, "cancelled"),
-        ({"outcome": "aborted", "next_attempt_at": None}, "aborted"),
-        ({"outcome": "dead_lettered", "next_attempt_at": None}, "dead_lettered"),
+        ({"done_at": NOW, "outcome": JobState.ABORTED}, "done"),
+        ({"outcome": JobState.GIVEN_UP, "next_attempt_at": None}, "given_up"),
+        ({"outcome": JobState.CANCELLED, "next_attempt_at": None}, "cancelled"),
+        ({"outcome": JobState.ABORTED, "next_attempt_at": None}, "aborted"),
+        ({"outcome": JobState.DEAD_LETTERED, "next_attempt_at": None}, "dead_lettered"),
     ],
 )
 def test_state_of_a_job(fields: dict[str, object], state: str) -> None:
     job = make_job(**fields)
-    assert job.state == state and state in JOB_STATES
+    assert job.state == state and job.state is JobState(state)
     assert job.pending == (state in ("pending", "retrying", "blocked"))
     assert job.given_up == (state == "given_up")
 
@@ -40,16 +40,18 @@ def test_round_attempts_count_from_the_last_retry() -> None:
 
 @pytest.mark.parametrize(
     ("given", "stored"),
-    [("give_up", "give_up"), ("block", "block"), (MoveTo("dead"), "move_to:dead")],
+    [
+        ("give_up", (OnFailure.GIVE_UP, None)),
+        ("block", (OnFailure.BLOCK, None)),
+        (OnFailure.BLOCK, (OnFailure.BLOCK, None)),
+        (MoveTo("dead letters"), (OnFailure.MOVE_TO, "dead letters")),
+        ("move_to:dead letters", (OnFailure.MOVE_TO, "dead letters")),
+    ],
 )
-def test_failure_modes_are_stored_as_text(given: object, stored: str) -> None:
+def test_failure_modes_are_stored_as_a_mode_and_a_queue(
+    given: object, stored: tuple[OnFailure, str | None]
+) -> None:
     assert to_on_failure(given) == stored
-    assert to_on_failure(stored) == stored
-
-
-def test_the_dead_letter_queue_of_a_failure_mode() -> None:
-    assert dead_letter_queue("move_to:dead letters") == "dead letters"
-    assert dead_letter_queue("give_up") is None
 
 
 @pytest.mark.parametrize("bad", ["retry", "move_to:", " block", None, MoveTo(" x")])

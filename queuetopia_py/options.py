@@ -1,0 +1,112 @@
+"""`Options`: every option of a `Queuetopia` instance, validated in one place. See
+docs/configuration.md; each default is named in `queuetopia_py.defaults`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, Engine
+
+from queuetopia_py import defaults
+from queuetopia_py.errors import ConfigurationError, InvalidJobError
+from queuetopia_py.job import (
+    FailureMode,
+    MoveTo,
+    OnFailure,
+    to_max_attempts,
+    to_on_failure,
+    to_timedelta,
+    validate_name,
+)
+from queuetopia_py.performer import Performer, refuse_async
+
+
+def default_node() -> str:
+    """A node name unique to this instance: `host:pid:random`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Every option of a Queuetopia instance, validated. See docs/configuration.md."""
+
+    repo: str | URL | Engine
+    performer: type[Performer] | Performer | None = None
+    scope: str = ""
+    node: str = field(default_factory=default_node)
+    poll_interval: float = defaults.POLL_INTERVAL
+    max_concurrency: int = defaults.MAX_CONCURRENCY
+    executor: Literal["thread", "process"] = "thread"
+    disabled: bool = False
+    table_prefix: str = defaults.TABLE_PREFIX
+    cleanup_interval: float | None = None
+    job_retention: timedelta = defaults.JOB_RETENTION
+    timeout: timedelta = defaults.TIMEOUT
+    max_backoff: timedelta = defaults.MAX_BACKOFF
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    on_failure: FailureMode = OnFailure.GIVE_UP
+    lock_lease: timedelta = defaults.LOCK_LEASE
+
+    @classmethod
+    def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
+        """Validate raw keyword options; raise `ConfigurationError` naming the bad one."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if options.get("repo") is None:
+            raise ConfigurationError("repo: a database URL or SQLAlchemy Engine is required")
+        values = dict(options)
+        values.setdefault("scope", default_scope)
+        try:
+            validate_name("scope", values["scope"])
+            if "node" in values:
+                validate_name("node", values["node"])
+            for name in ("timeout", "max_backoff", "job_retention", "lock_lease"):
+                if name in values:
+                    values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
+            if "max_attempts" in values:
+                to_max_attempts(values["max_attempts"])
+            if "on_failure" in values:
+                mode, dead_letter = to_on_failure(values["on_failure"])
+                values["on_failure"] = mode if dead_letter is None else MoveTo(dead_letter)
+            if "poll_interval" in values:
+                values["poll_interval"] = to_timedelta(
+                    "poll_interval", values["poll_interval"]
+                ).total_seconds()
+            if values.get("cleanup_interval") is not None:
+                values["cleanup_interval"] = to_timedelta(
+                    "cleanup_interval", values["cleanup_interval"]
+                ).total_seconds()
+        except InvalidJobError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if values.get("lock_lease", defaults.LOCK_LEASE) < timedelta(seconds=1):
+            raise ConfigurationError(
+                f"lock_lease: must be at least 1 second (got {values['lock_lease']!r})"
+            )
+        concurrency = values.get("max_concurrency", defaults.MAX_CONCURRENCY)
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError(f"max_concurrency: must be an int >= 1 (got {concurrency!r})")
+        if values.get("executor", "thread") not in ("thread", "process"):
+            raise ConfigurationError(
+                f"executor: must be 'thread' or 'process' (got {values['executor']!r})"
+            )
+        performer = values.get("performer")
+        if performer is not None and not (
+            isinstance(performer, Performer)
+            or (isinstance(performer, type) and issubclass(performer, Performer))
+        ):
+            raise ConfigurationError(
+                f"performer: must be a Performer subclass or instance (got {performer!r})"
+            )
+        if performer is not None:
+            # Hooks may also be set on an instance, or on a class after its definition.
+            refuse_async(performer)
+        return cls(**values)

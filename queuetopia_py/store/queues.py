@@ -1,0 +1,321 @@
+"""The queues table: one row a queue with pending work (or locked), kept exact by the
+statements that change the queue's jobs, in the same transactions.
+
+A row holds the queue's pending count, its head (the first pending job in queue order:
+its id, its `scheduled_at`, its due time and, while it fails, since when) and its lock
+(token, holder, expiry, and the job the lock was taken for). Polls read the due heads
+by index; nobody groups the jobs table.
+
+Every transaction that changes a queue's pending jobs locks the queue's row first
+(`QueueBook.lock`), then the jobs; the one exception, creating jobs, inserts them (rows
+nobody else can see yet) and then upserts the row (`QueueBook.enqueued`). One order for
+every writer: no deadlock between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from queuetopia_py import defaults
+from queuetopia_py.job import JobState, JobSummary
+from queuetopia_py.schema import WHOLE_SCOPE
+from queuetopia_py.store.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class NodeScope:
+    """Where the scheduler's statements run: a scope, on a node, with a lock lease."""
+
+    db: Database
+    scope: str
+    node: str
+    #: The longest a queue lock lives without renewal (see `backoff.lock_lifetime`).
+    lease: timedelta = defaults.LOCK_LEASE
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """A row of the queues table (see the module)."""
+
+    queue: str
+    pending: int
+    head_id: int | None
+    head_at: datetime | None
+    head_due: datetime | None
+    blocked_since: datetime | None
+    token: str | None
+    locked_by: str | None
+    locked_at: datetime | None
+    locked_until: datetime | None
+    locked_job: int | None
+
+    def locked(self, now: datetime) -> bool:
+        """Whether a live lock holds the queue at `now` (database time)."""
+        return self.token is not None and self.locked_until is not None and self.locked_until > now
+
+    def held_by(self, token: str) -> bool:
+        """Whether the lock (live or expired) is the claim `token`'s."""
+        return self.token == token
+
+
+#: The columns of a queue row that hold its lock, all NULL when it is not locked.
+UNLOCKED: Mapping[str, Any] = {
+    "token": None,
+    "locked_by": None,
+    "locked_at": None,
+    "locked_until": None,
+    "locked_job": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What the queues table keeps of a queue's head job."""
+
+    id: int
+    scheduled_at: datetime
+    next_attempt_at: datetime | None
+    failing_since: datetime | None
+
+    @classmethod
+    def of(cls, job: JobSummary) -> Head:
+        """What the queues table keeps of `job` as its queue's head."""
+        return cls(job.id, job.scheduled_at, job.next_attempt_at, job.failing_since)
+
+    def columns(self) -> dict[str, Any]:
+        """The queue row's head columns for this head."""
+        return {
+            "head_id": self.id,
+            "head_at": self.scheduled_at,
+            "head_due": self.next_attempt_at,
+            "blocked_since": self.failing_since,
+        }
+
+
+#: The head columns of a queue without pending work.
+NO_HEAD: Mapping[str, Any] = {
+    "head_id": None,
+    "head_at": None,
+    "head_due": None,
+    "blocked_since": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Jobs just created in a queue: how many, and the first of them in queue order."""
+
+    queue: str
+    count: int
+    first: Head
+
+
+_QUEUE_FIELDS = tuple(f.name for f in fields(QueueRow))
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """What `QueueBook.lock` read under the queue row's lock: the row (None: the queue
+    has no pending work nor lock), the database's time, whether the queue (or its
+    scope) is suspended, and the job row asked for (None: none asked, or none)."""
+
+    row: QueueRow | None
+    now: datetime
+    suspended: bool
+    job: Mapping[Any, Any] | None
+
+
+def _locked(m: Mapping[Any, Any], *, with_job: bool) -> Locked:
+    row = QueueRow(**{f: m[f"q_{f}"] for f in _QUEUE_FIELDS})
+    job = m if with_job and m["id"] is not None else None
+    return Locked(row, m["db_now"], bool(m["suspended"]), job)
+
+
+class QueueBook:
+    """The statements of the queues table for one set of tables, built once."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        tables = db.tables
+        self.queues = queues = tables.queues
+        self.jobs = jobs = tables.jobs
+        scope = sa.bindparam("b_scope", type_=queues.c.scope.type)
+        queue = sa.bindparam("b_queue", type_=queues.c.queue.type)
+        self._key = sa.and_(queues.c.scope == scope, queues.c.queue == queue)
+        s = tables.suspensions
+        suspended = sa.exists().where(
+            s.c.scope == queues.c.scope, s.c.queue.in_([queues.c.queue, WHOLE_SCOPE])
+        )
+        lead = [
+            *(queues.c[f].label(f"q_{f}") for f in _QUEUE_FIELDS),
+            db.now().label("db_now"),
+            suspended.label("suspended"),
+        ]
+        self._lock = sa.select(*lead).where(self._key).with_for_update(of=queues)
+        self._lock_with_head = (
+            sa.select(*lead, jobs)
+            .select_from(queues.outerjoin(jobs, jobs.c.id == queues.c.head_id))
+            .where(self._key)
+            .with_for_update(of=queues)
+        )
+        job_id = sa.bindparam("b_job", type_=jobs.c.id.type)
+        summary = [c for c in jobs.c if c.name not in ("params", "result")]
+        self._lock_with_job = (
+            sa.select(*lead, *summary)
+            .select_from(queues.join(jobs, jobs.c.id == job_id))
+            .where(self._key)
+            .with_for_update(of=queues)
+        )
+        self._job_alone = sa.select(db.now().label("db_now"), *summary).where(jobs.c.id == job_id)
+        self._update = queues.update().where(self._key)
+        self._delete_empty = queues.delete().where(
+            self._key, queues.c.pending == 0, queues.c.token.is_(None)
+        )
+        ordered = self._queue_jobs(scope, queue)
+        self._head = sa.select(jobs).where(*ordered).order_by(*queue_order(jobs)).limit(1)
+        self._head_summary = (
+            sa.select(jobs.c.id, jobs.c.scheduled_at, jobs.c.next_attempt_at, jobs.c.failing_since)
+            .where(*ordered)
+            .order_by(*queue_order(jobs))
+            .limit(1)
+        )
+        self._upsert = self._build_upsert()
+
+    def _queue_jobs(self, scope: Any, queue: Any) -> list[sa.ColumnElement[bool]]:
+        jobs = self.jobs
+        return [
+            jobs.c.scope == scope,
+            jobs.c.queue == queue,
+            jobs.c.state == JobState.PENDING,
+        ]
+
+    # -- reading under lock --------------------------------------------------------------
+
+    def lock(self, conn: Connection, scope: str, queue: str) -> Locked:
+        """Lock the queue's row for this transaction and read it."""
+        found = conn.execute(self._lock, {"b_scope": scope, "b_queue": queue}).first()
+        if found is None:
+            return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
+        return _locked(found._mapping, with_job=False)
+
+    def lock_with_head(self, conn: Connection, scope: str, queue: str) -> Locked:
+        """`lock`, reading the queue's head job too (its whole row)."""
+        found = conn.execute(self._lock_with_head, {"b_scope": scope, "b_queue": queue}).first()
+        if found is None:
+            return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
+        return _locked(found._mapping, with_job=True)
+
+    def lock_with_job(self, conn: Connection, scope: str, queue: str, job_id: int) -> Locked:
+        """`lock`, reading job `job_id` of the queue too (without params and result). A
+        queue without a row gives the job alone, unlocked."""
+        params = {"b_scope": scope, "b_queue": queue, "b_job": job_id}
+        found = conn.execute(self._lock_with_job, params).first()
+        if found is not None:
+            return _locked(found._mapping, with_job=True)
+        alone = conn.execute(self._job_alone, params).first()
+        if alone is None:
+            return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
+        return Locked(None, alone.db_now, False, alone._mapping)
+
+    def head(self, conn: Connection, scope: str, queue: str) -> sa.Row[Any] | None:
+        """The queue's head job (the whole row), as the jobs now stand."""
+        return conn.execute(self._head, {"b_scope": scope, "b_queue": queue}).first()
+
+    def head_of(self, conn: Connection, scope: str, queue: str) -> Head | None:
+        """What the queues table keeps of the queue's head, as the jobs now stand."""
+        row = conn.execute(self._head_summary, {"b_scope": scope, "b_queue": queue}).first()
+        return None if row is None else Head(*row)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, conn: Connection, scope: str, row: QueueRow, **values: Any) -> None:
+        """Set `values` on the locked row `row` (read by `lock` in this transaction); a
+        row left without pending work nor lock is deleted."""
+        merged = {f: getattr(row, f) for f in _QUEUE_FIELDS if f != "queue"}
+        merged.update(values)
+        params = {"b_scope": scope, "b_queue": row.queue}
+        if merged["pending"] == 0 and merged["token"] is None:
+            conn.execute(self.queues.delete().where(self._key), params)
+            return
+        conn.execute(self._update.values(**merged), params)
+
+    def sync(
+        self,
+        conn: Connection,
+        scope: str,
+        row: QueueRow,
+        *,
+        pending_change: int = 0,
+        **values: Any,
+    ) -> None:
+        """Write the locked row `row` after its jobs changed: its head as the jobs now
+        stand, its pending count changed by `pending_change`, and `values` (its lock)."""
+        head = self.head_of(conn, scope, row.queue)
+        columns = NO_HEAD if head is None else head.columns()
+        self.write(conn, scope, row, pending=row.pending + pending_change, **columns, **values)
+
+    def enqueued(self, conn: Connection, scope: str, created: Sequence[Enqueued]) -> None:
+        """Count new pending jobs in their queues' rows (creating the rows), making the
+        first of them its queue's head when it comes before the head in queue order."""
+        rows = [
+            {
+                "scope": scope,
+                "queue": e.queue,
+                "pending": e.count,
+                **e.first.columns(),
+            }
+            for e in sorted(created, key=lambda e: e.queue)  # one lock order for everyone
+        ]
+        if rows:
+            conn.execute(self._upsert, rows)
+
+    def _build_upsert(self) -> sa.Insert:
+        """INSERT a queue row, or on conflict add to its pending count and take the new
+        head if it comes first. Written for each dialect's upsert; the assignments are in
+        an order that MariaDB (which assigns from left to right, seeing the values it has
+        set) and the others (which see the old values) read alike."""
+        q = self.queues
+        dialect = self.db.dialect
+        module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect, mysql)
+        columns = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]
+        stmt = module.insert(q).values({c: sa.bindparam(c, type_=q.c[c].type) for c in columns})
+        new = stmt.inserted if module is mysql else stmt.excluded
+        first = sa.or_(
+            q.c.head_id.is_(None),
+            new.head_at < q.c.head_at,
+            sa.and_(new.head_at == q.c.head_at, new.head_id < q.c.head_id),
+        )
+        assignments = [
+            (q.c.pending, q.c.pending + new.pending),
+            (q.c.head_due, sa.case((first, new.head_due), else_=q.c.head_due)),
+            (q.c.blocked_since, sa.case((first, None), else_=q.c.blocked_since)),
+            (q.c.head_id, sa.case((first, new.head_id), else_=q.c.head_id)),
+            # Last, and without reading head_id, which MariaDB has just set.
+            (
+                q.c.head_at,
+                sa.case(
+                    (sa.or_(q.c.head_at.is_(None), new.head_at < q.c.head_at), new.head_at),
+                    else_=q.c.head_at,
+                ),
+            ),
+        ]
+        if module is mysql:
+            return stmt.on_duplicate_key_update(  # type: ignore[no-any-return]
+                [(column.name, value) for column, value in assignments]
+            )
+        return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+            index_elements=[q.c.scope, q.c.queue], set_=dict(assignments)
+        )
+
+
+def queue_order(jobs: sa.FromClause) -> list[sa.ColumnElement[Any]]:
+    """Queue order among a queue's pending jobs, spelled to match the queue-order index
+    (`scope, queue, state, scheduled_at, id`)."""
+    return [jobs.c.state, jobs.c.scheduled_at, jobs.c.id]

@@ -1,0 +1,350 @@
+"""Recording attempts: a success (and passing the queue's lock on to its next job), a
+failure, and what becomes of a job that has used its attempts (its failure mode); the
+progress and the late error of an attempt.
+
+Every record is fenced by the claim's token on the job's row: a claim whose job was
+claimed again since (its lock expired and was taken over) records nothing. A record
+whose acknowledgement was lost (the connection dropped after the commit) is run again
+and recognises its own commit by that token, so that nothing is reported or charged
+twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from queuetopia_py.backoff import is_due
+from queuetopia_py.job import (
+    Intervention,
+    Job,
+    JobState,
+    JobSummary,
+    NewJob,
+    OnFailure,
+)
+from queuetopia_py.store.jobs import (
+    JobStore,
+    append_intervention,
+    row_to_job,
+    summary_from_mapping,
+)
+from queuetopia_py.store.locks import Claim, Interrupted, LockStore, NotDue, new_token
+from queuetopia_py.store.queues import NO_HEAD, UNLOCKED, Head, NodeScope, QueueBook, QueueRow
+
+# How long recording an attempt's outcome is retried through a database outage: the
+# outcome is kept if the database comes back meanwhile (fencing keeps a late record from
+# landing over another node's claim). Past it, the attempt counts as interrupted.
+RECORD_PATIENCE = 120.0
+
+#: What may follow a success in its queue: the claim of the queue's next job, taken as
+#: the success was recorded; `NotDue` or `Interrupted` for that head; None when nothing
+#: was claimed.
+Following = Claim | NotDue | Interrupted | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A failed attempt as recorded: the job afterwards, and the job its failure mode
+    created in a dead-letter queue (if any)."""
+
+    job: Job
+    moved_to: Job | None = None
+
+
+def interrupted_error(job: JobSummary) -> str:
+    """The error recorded for a job whose final attempt was never recorded."""
+    note = (
+        f"attempt {job.attempts} (started by {job.attempted_by} at "
+        f"{job.attempted_at.isoformat() if job.attempted_at else '?'}) was interrupted before "
+        "its result was recorded; no attempt left"
+    )
+    return f"{job.error}\n\n{note}" if job.error else note
+
+
+def _done(job: Job, at: datetime, result: Any) -> Job:
+    """`job` as a recorded success at `at` leaves it (done, whatever an operator did)."""
+    return replace(job, done_at=at, outcome=None, ended_at=None, result=result)
+
+
+def _with_params(stored: JobSummary, claimed: Job) -> Job:
+    """The job as stored, with the params and result of the claimed job (not read again)."""
+    values = {f.name: getattr(stored, f.name) for f in fields(JobSummary)}
+    return Job(**values, params=claimed.params, result=claimed.result)
+
+
+class RecordStore:
+    """The record statements of one scope and one node."""
+
+    def __init__(self, where: NodeScope, locks: LockStore) -> None:
+        self.where = where
+        self.locks = locks
+        self.book = QueueBook(where.db)
+        self.created = JobStore(where.db, where.scope)
+        self.jobs = jobs = where.db.tables.jobs
+        self._mark_done = (
+            jobs.update()
+            .where(jobs.c.id == sa.bindparam("b_job_id"))
+            .values(
+                state=JobState.DONE,
+                done_at=sa.bindparam("b_now", type_=jobs.c.done_at.type),
+                ended_at=None,
+                result=sa.bindparam("b_result", type_=jobs.c.result.type),
+            )
+        )
+        self._by_id = sa.select(jobs).where(jobs.c.id == sa.bindparam("b_job_id"))
+
+    # -- successes -------------------------------------------------------------------------
+
+    def record_success(self, claim: Claim, result: Any = None) -> Job | None:
+        """Mark the claimed job done with `result` (JSON) and release the lock.
+
+        None if the claim was lost. A job aborted while this attempt ran is done too: its
+        work did happen.
+        """
+        return self._record_success(claim, result, claim_next=False)[0]
+
+    def record_success_and_claim(
+        self, claim: Claim, result: Any = None
+    ) -> tuple[Job | None, Following]:
+        """`record_success`, and in the same transaction, while the queue's lock is
+        still held, claim the queue's next job if it is due (the lock passes to it).
+
+        The second value is the next claim; else the lock was released, and it is
+        `NotDue` or `Interrupted` for the next job, or None when nothing is due (the
+        queue is empty or suspended, or the lock was lost).
+        """
+        return self._record_success(claim, result, claim_next=True)
+
+    def _record_success(
+        self, claim: Claim, result: Any, *, claim_next: bool
+    ) -> tuple[Job | None, Following]:
+        where, book = self.where, self.book
+        job = claim.job
+        # The next claim's token and start, the same in every try: a try that finds its
+        # own earlier commit recognises the lock it passed on.
+        passing = new_token()
+        first: list[float] = []
+
+        def run() -> tuple[Job | None, Following]:
+            started = time.monotonic()
+            first.append(started)
+            with where.db.transaction() as conn:
+                locked = book.lock_with_job(conn, where.scope, job.queue, job.id)
+                if locked.job is None or locked.job["claim_token"] != claim.token:
+                    return None, None  # claimed again since (or deleted)
+                stored = summary_from_mapping(locked.job)
+                row = locked.row
+                if stored.done:  # our own commit, whose answer was lost
+                    assert stored.done_at is not None
+                    done = _done(job, stored.done_at, result)
+                    if claim_next and row is not None and row.held_by(passing):
+                        assert row.locked_job is not None and row.locked_until is not None
+                        passed = conn.execute(self._by_id, {"b_job_id": row.locked_job}).one()
+                        return done, Claim(row_to_job(passed), passing, row.locked_until, first[0])
+                    return done, None
+                conn.execute(
+                    self._mark_done, {"b_job_id": job.id, "b_now": locked.now, "b_result": result}
+                )
+                done = _done(job, locked.now, result)
+                gone = 1 if stored.pending else 0
+                if row is None:
+                    return done, None
+                if not row.held_by(claim.token):  # the lock expired and went to another
+                    book.sync(conn, where.scope, row, pending_change=-gone)
+                    return done, None
+                if not claim_next or locked.suspended:
+                    book.sync(conn, where.scope, row, pending_change=-gone, **UNLOCKED)
+                    return done, None
+                following = self._pass(
+                    conn, replace(row, pending=row.pending - gone), locked.now, started, passing
+                )
+                return done, following
+
+        return where.db.retrying(run, max_seconds=RECORD_PATIENCE)
+
+    def _pass(
+        self, conn: Connection, row: QueueRow, now: datetime, started: float, token: str
+    ) -> Following:
+        """Pass the held lock of the queue `row` to its next job, if it is due (with the
+        claim `token`); else release it."""
+        scope = self.where.scope
+        found = self.book.head(conn, scope, row.queue)
+        if found is None:
+            self.book.write(conn, scope, row, **NO_HEAD, **UNLOCKED)
+            return None
+        head = row_to_job(found)
+        if not is_due(head.next_attempt_at, now):
+            self.book.write(conn, scope, row, **Head.of(head).columns(), **UNLOCKED)
+            waits = head.next_attempt_at
+            return NotDue(None if waits is None else waits - now)
+        if head.round_attempts >= head.max_attempts:
+            return self.interrupted(conn, row, head, now)
+        claim, lock = self.locks.take(conn, head, now, started, token)
+        self.book.write(conn, scope, row, **Head.of(claim.job).columns(), **lock)
+        return claim
+
+    # -- failures --------------------------------------------------------------------------
+
+    def record_failure(
+        self, claim: Claim, error: str, next_attempt_at: datetime | None, *, keep_lock: bool
+    ) -> Recorded | None:
+        """Record a failed attempt; release the lock unless the attempt is still running.
+
+        `next_attempt_at` None means the job has used its attempts: it meets its failure
+        mode. A job an operator ended meanwhile (aborted) keeps its outcome and gets the
+        error. Returns None if the claim was lost to another node.
+        """
+        where, book, jobs = self.where, self.book, self.jobs
+
+        def run() -> Recorded | None:
+            with where.db.transaction() as conn:
+                locked = book.lock_with_job(conn, where.scope, claim.job.queue, claim.job.id)
+                if locked.job is None or locked.job["claim_token"] != claim.token:
+                    return None
+                stored = summary_from_mapping(locked.job)
+                if stored.done:
+                    return None
+                job = _with_params(stored, claim.job)
+                since = job.failing_since or job.attempted_at
+                moved: Job | None = None
+                if job.outcome is not None:  # ended during the attempt (or by this record)
+                    conn.execute(jobs.update().where(jobs.c.id == job.id).values(error=error))
+                    job = replace(job, error=error)
+                elif next_attempt_at is None:
+                    recorded = self.exhaust(
+                        conn, replace(job, failing_since=since), error, locked.now
+                    )
+                    job, moved = recorded.job, recorded.moved_to
+                else:
+                    conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job.id)
+                        .values(error=error, next_attempt_at=next_attempt_at, failing_since=since)
+                    )
+                    job = replace(
+                        job, error=error, next_attempt_at=next_attempt_at, failing_since=since
+                    )
+                row = locked.row
+                if row is not None:
+                    held = row.held_by(claim.token) and not keep_lock
+                    gone = 1 if stored.pending and not job.pending else 0
+                    book.sync(
+                        conn, where.scope, row, pending_change=-gone, **(UNLOCKED if held else {})
+                    )
+            return Recorded(job, moved)
+
+        return where.db.retrying(run, max_seconds=RECORD_PATIENCE)
+
+    def interrupted(self, conn: Connection, row: QueueRow, job: Job, now: datetime) -> Interrupted:
+        """The head `job`'s final attempt started but was never recorded, and the lock of
+        its queue (`row`, locked by the caller) has expired or is the caller's: its node
+        is gone. The job meets its failure mode; the lock is released."""
+        recorded = self.exhaust(conn, job, interrupted_error(job), now)
+        gone = 0 if recorded.job.pending else 1
+        self.book.sync(conn, self.where.scope, row, pending_change=-gone, **UNLOCKED)
+        return Interrupted(recorded.job, recorded.moved_to)
+
+    def exhaust(self, conn: Connection, job: Job, error: str, now: datetime) -> Recorded:
+        """Apply `job`'s failure mode: it has used its attempts and failed with `error`.
+        The caller holds the lock of the job's queue row and syncs it afterwards."""
+        jobs = self.jobs
+        values: dict[str, Any] = {
+            "error": error,
+            "next_attempt_at": None,
+            "failing_since": job.failing_since,
+        }
+        moved: Job | None = None
+        if job.on_failure is OnFailure.GIVE_UP:
+            values.update(state=JobState.GIVEN_UP, ended_at=now)
+        elif job.on_failure is OnFailure.MOVE_TO:
+            assert job.dead_letter_queue is not None
+            target = job.dead_letter_queue
+            last = error.strip().splitlines()[-1] if error.strip() else ""
+            (moved,) = self.created.create(
+                conn,
+                [
+                    NewJob(
+                        queue=target,
+                        action=job.action,
+                        params=job.params,
+                        timeout=job.timeout,
+                        max_backoff=job.max_backoff,
+                        max_attempts=job.max_attempts,
+                        scheduled_at=None,
+                    )
+                ],
+                origin=self.where.node,
+            )
+            node = self.where.node
+            origin = Intervention(
+                "moved_from",
+                node,
+                now,
+                f"job {job.id} of queue {job.queue!r} failed {job.round_attempts} times: {last}",
+            )
+            moved = append_intervention(conn, jobs, moved, origin)
+            note = Intervention(
+                "dead_letter", node, now, f"moved to queue {target!r} as job {moved.id}"
+            )
+            job = append_intervention(conn, jobs, job, note)
+            values.update(state=JobState.DEAD_LETTERED, ended_at=now)
+        # (OnFailure.BLOCK: it stays its queue's head, with no next attempt, until an
+        # operator acts.)
+        conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
+        state = values.get("state")
+        return Recorded(
+            replace(
+                job,
+                error=error,
+                next_attempt_at=None,
+                outcome=state,
+                ended_at=values.get("ended_at"),
+            ),
+            moved,
+        )
+
+    # -- while an attempt runs -----------------------------------------------------------
+
+    def set_progress(self, job: Job, message: str | None, fraction: float | None) -> bool:
+        """Store the progress of the running attempt `job`; False if the claim was lost."""
+        db, jobs = self.where.db, self.jobs
+
+        def run() -> bool:
+            with db.transaction() as conn:
+                return bool(
+                    conn.execute(
+                        jobs.update()
+                        .where(
+                            jobs.c.id == job.id,
+                            jobs.c.attempts == job.attempts,
+                            jobs.c.done_at.is_(None),
+                        )
+                        .values(
+                            progress_message=message,
+                            progress_fraction=fraction,
+                            progress_at=db.now(),
+                        )
+                    ).rowcount
+                )
+
+        return db.retrying(run)
+
+    def set_error(self, job: Job, error: str) -> None:
+        """Overwrite the error of the attempt `job` describes (if no newer attempt began)."""
+        db, jobs = self.where.db, self.jobs
+
+        def run() -> None:
+            with db.transaction() as conn:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job.id, jobs.c.attempts == job.attempts)
+                    .values(error=error)
+                )
+
+        db.retrying(run)
