@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -223,18 +224,35 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, BaseException):
         return is_transient(exc.__cause__)
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
+    return isinstance(exc, DBAPIError) and _connection_lost(exc)
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """Whether the connection was lost, or could not be made, as the driver tells it.
+
+    Judged by what happened to the connection, never by a missing error code: a driver
+    refuses some statements on the client side (psycopg: more than 65,535 parameters)
+    with an error that has no code either, on a connection that is still sound.
+    """
+    if exc.connection_invalidated:  # the dialect saw the connection closed or broken
         return True
-    if _is_missing_table(exc) or type(exc.orig).__module__.startswith("sqlite3"):
-        return False  # SQLite's transient error, "database is locked", is a conflict above
     sqlstate, errno = _codes(exc)
     if sqlstate and sqlstate.startswith(_CONNECTION_SQLSTATE_PREFIXES):
         return True
-    # A driver error without a code is how psycopg and PyMySQL report a failed connect.
-    return errno in _CONNECTION_MYSQL or (
-        isinstance(exc, OperationalError) and sqlstate is None and errno is None
+    return errno in _CONNECTION_MYSQL or _psycopg_connect_failed(exc.orig)
+
+
+def _psycopg_connect_failed(orig: BaseException | None) -> bool:
+    """A failed psycopg connection attempt (refused, unreachable, timed out).
+
+    psycopg gives no code for these; it attaches the failed connection to the error of a
+    connection attempt, and to no other error.
+    """
+    psycopg = sys.modules.get("psycopg")
+    return (
+        psycopg is not None
+        and isinstance(orig, psycopg.Error)
+        and (orig.pgconn is not None or isinstance(orig, psycopg.errors.ConnectionTimeout))
     )
 
 
