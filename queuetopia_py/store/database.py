@@ -433,18 +433,14 @@ class Database:
 
 def check_schema(db: Database) -> None:
     """Raise `SchemaMissingError` unless the tables are at the newest schema version."""
-    from queuetopia_py.migrations import LATEST, current_version
+    from queuetopia_py.migrations import LATEST, check_known, current_version
 
     try:
         with db.engine.connect() as conn:
             version = current_version(conn, db.tables.prefix)
     except DBAPIError as exc:
         raise translate(exc) from exc
-    if version > LATEST:
-        raise DatabaseError(
-            f"the queuetopia tables are at schema version {version}, newer than this "
-            f"version of queuetopia_py knows ({LATEST}): upgrade queuetopia_py on this node"
-        )
+    check_known(version)
     if version < LATEST:
         raise SchemaMissingError(
             f"the queuetopia tables are at schema version {version}, this version needs "
