@@ -102,6 +102,14 @@ def down(op: Operations, prefix: str = defaults.TABLE_PREFIX, to: int = 0) -> in
     return min(current, to)
 
 
+def _unbounded(connection: Connection) -> None:
+    """Lift PostgreSQL's statement timeout for the current transaction: a migration (a
+    backfill) may take long, and an engine given to `migrate`, such as a `Queuetopia`'s
+    own, may bound statements. The engine `migrate` makes from a URL bounds nothing."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
+
+
 @contextmanager
 def _migration_lock(connection: Connection, prefix: str) -> Iterator[None]:
     """Serialize concurrent `migrate` calls (several nodes starting at once)."""
@@ -109,6 +117,7 @@ def _migration_lock(connection: Connection, prefix: str) -> Iterator[None]:
     dialect = connection.dialect.name
     if dialect == "postgresql":
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        _unbounded(connection)  # another migration may hold the lock for long
         connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         try:
             yield
@@ -146,11 +155,13 @@ def migrate(
     from queuetopia_py.store.database import create_engine, translate
 
     check_prefix(prefix)
+    # The engine made from a URL bounds no statement: a migration may take long.
     engine = repo if isinstance(repo, Engine) else create_engine(repo)
     try:
         with engine.connect() as connection, _migration_lock(connection, prefix):
             connection.commit()
             with connection.begin():
+                _unbounded(connection)
                 op = Operations(MigrationContext.configure(connection))
                 current = _known_version(connection, prefix)
                 target = LATEST if to is None else to

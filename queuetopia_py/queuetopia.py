@@ -126,6 +126,7 @@ class Options:
     max_attempts: int = defaults.MAX_ATTEMPTS
     on_failure: str = GIVE_UP
     lock_lease: timedelta = defaults.LOCK_LEASE
+    statement_timeout: timedelta = defaults.STATEMENT_TIMEOUT
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -144,9 +145,17 @@ class Options:
             validate_name("scope", values["scope"])
             if "node" in values:
                 validate_name("node", values["node"])
-            for name in ("timeout", "max_backoff", "job_retention", "lock_lease"):
+            for name in (
+                "timeout",
+                "max_backoff",
+                "job_retention",
+                "lock_lease",
+                "statement_timeout",
+            ):
                 if name in values:
-                    values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
+                    values[name] = to_timedelta(
+                        name, values[name], allow_zero=name not in ("timeout", "statement_timeout")
+                    )
             if "max_attempts" in values:
                 to_max_attempts(values["max_attempts"])
             if "on_failure" in values:
@@ -215,7 +224,11 @@ class Queuetopia:
             if isinstance(repo, Engine)
             # Each runner keeps a connection while it runs its queue; the rest is for
             # polls, progress reports and the application's own calls.
-            else create_engine(repo, pool_size=self.options.max_concurrency + 5)
+            else create_engine(
+                repo,
+                pool_size=self.options.max_concurrency + 5,
+                statement_timeout=self.options.statement_timeout,
+            )
         )
         self._db = Database(engine, build_tables(self.options.table_prefix))
         self._jobs = JobStore(self._db, self.scope)

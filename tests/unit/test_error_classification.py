@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 from collections.abc import Iterator
+from datetime import timedelta
 from types import ModuleType
 
 import pytest
@@ -42,7 +43,9 @@ def silent_port() -> Iterator[int]:
 
 
 def _connect_error(url: str) -> sa.exc.DBAPIError:
-    engine = create_engine(url, connect_args={"connect_timeout": 2})
+    engine = create_engine(
+        url, statement_timeout=timedelta(seconds=2), connect_args={"connect_timeout": 2}
+    )
     try:
         with pytest.raises(sa.exc.DBAPIError) as raised:
             engine.connect()
@@ -80,7 +83,7 @@ def test_a_refused_connection_is_an_outage(driver: str, closed_port: int) -> Non
 
 
 @pytest.mark.timeout(60)  # fails rather than hangs
-@pytest.mark.parametrize("driver", ["psycopg"])
+@pytest.mark.parametrize("driver", sorted(URLS))
 def test_a_connection_attempt_without_answer_is_an_outage(driver: str, silent_port: int) -> None:
     pytest.importorskip(driver)
     _assert_unavailable(_connect_error(URLS[driver].format(port=silent_port)))
@@ -114,14 +117,19 @@ def test_sqlite_errors_are_errors_of_the_call() -> None:
         _assert_error_of_the_call(_wrapped(orig, sqlite3))
 
 
-def test_server_errors_about_the_connection_are_outages() -> None:
+def test_lost_connections_and_statements_out_of_time_are_outages() -> None:
     psycopg = pytest.importorskip("psycopg")
     pymysql = pytest.importorskip("pymysql")
     for orig, dbapi in (
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), psycopg),
+        (
+            pymysql.OperationalError(2013, "Lost connection to server during query (timed out)"),
+            pymysql,
+        ),
         (
             psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
             psycopg,
         ),
-        (pymysql.OperationalError(2013, "Lost connection to MySQL server during query"), pymysql),
+        (pymysql.OperationalError(2006, "MySQL server has gone away"), pymysql),
     ):
         _assert_unavailable(_wrapped(orig, dbapi))
