@@ -3,10 +3,12 @@ black hole: from then on it forwards nothing, in either direction, and closes no
 so that the server seems to have gone silent (a host that vanished, a network dropping
 packets, a pooler whose server hangs) rather than closed.
 
-    with SilentableProxy.for_url(url) as proxy:
-        queue = Queuetopia(repo=proxy.url, ...)
-        ...
-        proxy.black_hole()
+    proxy = SilentableProxy.for_url(url)
+    queue = Queuetopia(repo=proxy.url, ...)
+    ...
+    proxy.black_hole()
+    ...
+    proxy.close()
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from types import TracebackType
 
 import sqlalchemy as sa
 
@@ -63,17 +64,6 @@ class SilentableProxy:
         for sock in [self._listener, *self._peers]:
             sock.close()
         self._selector.close()
-
-    def __enter__(self) -> SilentableProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _run(self) -> None:
         while not self._stopped.is_set():

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indir
 
 @pytest.fixture
 def proxy(url: str) -> Iterator[SilentableProxy]:
-    with SilentableProxy.for_url(url) as made:
-        yield made
+    made = SilentableProxy.for_url(url)
+    yield made
+    made.close()
 
 
 @pytest.fixture
