@@ -45,6 +45,22 @@ def current_version(connection: Connection, prefix: str = defaults.TABLE_PREFIX)
     return int(version or 0)
 
 
+def check_known(version: int) -> None:
+    """Raise `DatabaseError` if `version` is newer than this queuetopia_py knows: tables
+    that a newer release migrated are neither used nor migrated (down or up) by this one."""
+    if version > LATEST:
+        raise DatabaseError(
+            f"the queuetopia tables are at schema version {version}, newer than this "
+            f"version of queuetopia_py knows ({LATEST}): upgrade queuetopia_py"
+        )
+
+
+def _known_version(connection: Connection, prefix: str) -> int:
+    version = current_version(connection, prefix)
+    check_known(version)
+    return version
+
+
 def _record(op: Operations, prefix: str, version: int) -> None:
     table = f"{prefix}schema_version"
     if version == 0:
@@ -66,7 +82,7 @@ def up(op: Operations, prefix: str = defaults.TABLE_PREFIX, to: int | None = Non
     target = LATEST if to is None else to
     if not 0 <= target <= LATEST:
         raise ConfigurationError(f"to: no schema version {target} (newest is {LATEST})")
-    current = current_version(op.get_bind(), prefix)
+    current = _known_version(op.get_bind(), prefix)
     for number, module in enumerate(_versions()[current:target], start=current + 1):
         module.upgrade(op, prefix)
         _record(op, prefix, number)
@@ -78,12 +94,20 @@ def down(op: Operations, prefix: str = defaults.TABLE_PREFIX, to: int = 0) -> in
     check_prefix(prefix)
     if not 0 <= to <= LATEST:
         raise ConfigurationError(f"to: no schema version {to} (newest is {LATEST})")
-    current = current_version(op.get_bind(), prefix)
+    current = _known_version(op.get_bind(), prefix)
     modules = _versions()
     for number in range(current, to, -1):
         modules[number - 1].downgrade(op, prefix)
         _record(op, prefix, number - 1)
     return min(current, to)
+
+
+def _unbounded(connection: Connection) -> None:
+    """Lift PostgreSQL's statement timeout for the current transaction: a migration (a
+    backfill) may take long, and an engine given to `migrate`, such as a `Queuetopia`'s
+    own, may bound statements. The engine `migrate` makes from a URL bounds nothing."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
 
 
 @contextmanager
@@ -93,6 +117,7 @@ def _migration_lock(connection: Connection, prefix: str) -> Iterator[None]:
     dialect = connection.dialect.name
     if dialect == "postgresql":
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        _unbounded(connection)  # another migration may hold the lock for long
         connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         try:
             yield
@@ -119,9 +144,10 @@ def migrate(
     """Create or upgrade (or, with a lower `to`, downgrade) the queuetopia tables.
 
     Idempotent and safe to run from several processes at once. Returns the version.
+    Tables at a version newer than this code knows raise `DatabaseError`, unchanged.
 
     >>> migrate("postgresql+psycopg://localhost/app")
-    1
+    2
     """
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
@@ -129,13 +155,15 @@ def migrate(
     from queuetopia_py.store.database import create_engine, translate
 
     check_prefix(prefix)
+    # The engine made from a URL bounds no statement: a migration may take long.
     engine = repo if isinstance(repo, Engine) else create_engine(repo)
     try:
         with engine.connect() as connection, _migration_lock(connection, prefix):
             connection.commit()
             with connection.begin():
+                _unbounded(connection)
                 op = Operations(MigrationContext.configure(connection))
-                current = current_version(connection, prefix)
+                current = _known_version(connection, prefix)
                 target = LATEST if to is None else to
                 if target >= current:
                     return up(op, prefix, target)

@@ -19,6 +19,10 @@ LOCK_MARGIN: Final = timedelta(seconds=1)
 #: the margin) is longer is renewed while its attempt runs, every third of the lease, so
 #: that a dead node's long job is taken over after the lease, not after its timeout.
 LOCK_LEASE: Final = timedelta(seconds=60)
+#: Longest a statement may run, and a call wait for the database's answer, on the engines
+#: made from a URL (PostgreSQL, MariaDB/MySQL): past it, the call fails as the database
+#: being unreachable, instead of hanging on a server or network gone silent.
+STATEMENT_TIMEOUT: Final = timedelta(seconds=30)
 #: Queues one node runs at the same time (one attempt each).
 MAX_CONCURRENCY: Final = 10
 #: Completed jobs older than this are deleted by the cleaner.

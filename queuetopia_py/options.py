@@ -51,6 +51,7 @@ class Options:
     max_attempts: int = defaults.MAX_ATTEMPTS
     on_failure: FailureMode = OnFailure.GIVE_UP
     lock_lease: timedelta = defaults.LOCK_LEASE
+    statement_timeout: timedelta = defaults.STATEMENT_TIMEOUT
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -69,9 +70,10 @@ class Options:
             validate_name("scope", values["scope"])
             if "node" in values:
                 validate_name("node", values["node"])
-            for name in ("timeout", "max_backoff", "job_retention", "lock_lease"):
+            positive = ("timeout", "statement_timeout")
+            for name in ("max_backoff", "job_retention", "lock_lease", *positive):
                 if name in values:
-                    values[name] = to_timedelta(name, values[name], allow_zero=name != "timeout")
+                    values[name] = to_timedelta(name, values[name], allow_zero=name not in positive)
             if "max_attempts" in values:
                 to_max_attempts(values["max_attempts"])
             if "on_failure" in values:

@@ -121,7 +121,11 @@ class Queuetopia:
             if isinstance(repo, Engine)
             # Each runner keeps a connection while it runs its queue; the rest is for
             # polls, progress reports and the application's own calls.
-            else create_engine(repo, pool_size=self.options.max_concurrency + 5)
+            else create_engine(
+                repo,
+                pool_size=self.options.max_concurrency + 5,
+                statement_timeout=self.options.statement_timeout,
+            )
         )
         self._db = Database(engine, build_tables(self.options.table_prefix))
         self._jobs = JobStore(self._db, self.scope)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import sqlite3
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -53,6 +58,14 @@ _DEFAULT_DRIVERS = {
 
 # Seconds a connection attempt to PostgreSQL may take (PyMySQL's default is the same).
 _CONNECT_TIMEOUT = 10
+# psycopg has no timeout of its own: a call that has had no answer for this long past the
+# statement timeout has its connection closed (a server that is there answers a statement
+# it timed out well before).
+_SILENCE_GRACE = 5.0
+# PostgreSQL's millisecond settings are 32-bit: a longer bound is as good as none.
+_MAX_MILLIS = 2**31 - 1
+# Seconds between TCP keepalive probes at most, however long the statement timeout.
+_MAX_KEEPALIVE_PROBE = 60
 # A pooled connection idle for longer than this is checked before use.
 _PING_AFTER_IDLE = 2.0
 # SQLSTATE codes and MySQL error numbers after which the transaction was rolled back
@@ -63,6 +76,9 @@ _ROLLED_BACK_MYSQL = {1205, 1213}
 # have happened, so only idempotent or fenced work retries them.
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P")
 _CONNECTION_MYSQL = {2002, 2003, 2006, 2013, 2055, 1927, 1053}
+# A statement the server cancelled (its statement_timeout ran out, or an administrator's
+# cancel): unavailable as well, the database did not answer in time.
+_CANCELLED_SQLSTATES = {"57014"}
 _MISSING_TABLE_SQLSTATES = {"42P01"}
 _MISSING_TABLE_MYSQL = {1146}
 
@@ -78,8 +94,14 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine set up for queuetopia: SQLite gets WAL and `BEGIN IMMEDIATE` transactions."""
+def create_engine(
+    url: str | URL, *, statement_timeout: timedelta | None = None, **kwargs: Any
+) -> Engine:
+    """An engine set up for queuetopia: SQLite gets WAL and `BEGIN IMMEDIATE` transactions.
+
+    On PostgreSQL and MariaDB/MySQL, `statement_timeout` bounds each statement and each
+    wait for the server (see `_statement_bounds`); None leaves them unbounded.
+    """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -103,18 +125,23 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     # is a wasted round trip, and on a connection the server dropped meanwhile (a restart)
     # it logs a traceback for each.
     kwargs.setdefault("pool_reset_on_return", None)
-    if parsed.get_backend_name() == "postgresql" and "+psycopg" in parsed.drivername:
+    connect_args = kwargs.setdefault("connect_args", {})
+    psycopg = parsed.get_backend_name() == "postgresql" and "+psycopg" in parsed.drivername
+    if psycopg:
         # The scheduler runs a small, fixed set of statements: prepare each on its first
         # execution (psycopg sends it in the same round trip) rather than its fifth.
-        kwargs.setdefault("connect_args", {}).setdefault("prepare_threshold", 0)
+        connect_args.setdefault("prepare_threshold", 0)
         # A server that does not answer (host down, network cut) fails a connection
         # attempt after this many seconds, as PyMySQL's default does, instead of never.
-        kwargs["connect_args"].setdefault("connect_timeout", _CONNECT_TIMEOUT)
+        connect_args.setdefault("connect_timeout", _CONNECT_TIMEOUT)
+    silence: float | None = None
+    if statement_timeout is not None:
+        seconds = statement_timeout.total_seconds()
+        for name, value in _statement_bounds(parsed, seconds).items():
+            connect_args.setdefault(name, value)
+        silence = seconds + _SILENCE_GRACE if _driver(parsed) == "psycopg" else None
     try:
         engine = sa.create_engine(parsed, **kwargs)
-        if not kwargs.get("pool_pre_ping"):
-            _ping_after_idle(engine)
-        return engine
     except NoSuchModuleError:
         raise ConfigurationError(
             f"repo: unsupported database {parsed.drivername!r} "
@@ -126,11 +153,57 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
             f"repo: the driver for {parsed.drivername} is not installed "
             f"(pip install 'queuetopia_py[{extra}]'): {exc}"
         ) from None
+    if silence is not None:
+        _watchdog.adopt(engine, silence)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_after_idle(engine, silence)
+    return engine
 
 
-def _ping_after_idle(engine: Engine) -> None:
+def _statement_bounds(url: URL, seconds: float) -> dict[str, Any]:
+    """Connection settings bounding each statement and each wait for the server to
+    `seconds`, but those the URL sets itself.
+
+    PostgreSQL (psycopg): the server cancels a longer statement (`statement_timeout`),
+    and TCP gives up on a server that stops acknowledging, whether a call waits for it
+    (`tcp_user_timeout`) or the connection is idle (keepalives); the watchdog covers what
+    these cannot see. MariaDB/MySQL (PyMySQL): socket timeouts, on every read and write.
+    """
+    millis = min(max(1, round(seconds * 1000)), _MAX_MILLIS)
+    driver = _driver(url)
+    if driver == "psycopg":
+        probe = min(max(1, round(seconds / 3)), _MAX_KEEPALIVE_PROBE)
+        own = url.query.get("options", ())
+        bounds: dict[str, Any] = {
+            # The URL's own options come after: its settings win.
+            "options": " ".join(
+                [f"-c statement_timeout={millis}", *([own] if isinstance(own, str) else own)]
+            ),
+            "tcp_user_timeout": millis,
+            "keepalives": 1,
+            "keepalives_idle": probe,
+            "keepalives_interval": probe,
+            "keepalives_count": 3,
+        }
+    elif driver == "pymysql":
+        bounds = {"read_timeout": seconds, "write_timeout": seconds}
+    else:
+        return {}  # a driver queuetopia does not support: its own settings only
+    return {
+        name: value for name, value in bounds.items() if name == "options" or name not in url.query
+    }
+
+
+def _driver(url: URL) -> str:
+    """The driver the URL names (`URL.get_driver_name()` loads the dialect, which may not
+    exist: `create_engine` reports that)."""
+    return url.drivername.partition("+")[2]
+
+
+def _ping_after_idle(engine: Engine, silence: float | None) -> None:
     """Check a pooled connection before use when it has been idle for a while (the server
-    may have restarted since): a busy node reuses its connections without a round trip."""
+    may have restarted since): a busy node reuses its connections without a round trip.
+    The check gives up after `silence` seconds without an answer (see `_Watchdog`)."""
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -142,13 +215,137 @@ def _ping_after_idle(engine: Engine) -> None:
         if since is None or time.monotonic() - since < _PING_AFTER_IDLE:
             return
         try:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("SELECT 1")
-            cursor.close()
-            dbapi_connection.rollback()
+            with _watchdog.watch(dbapi_connection, silence):
+                cursor = dbapi_connection.cursor()
+                cursor.execute("SELECT 1")
+                cursor.close()
+                dbapi_connection.rollback()
         except Exception as exc:
             # The pool drops this connection and hands out a new one.
             raise DisconnectionError(f"pooled connection unusable: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Call:
+    """A watched call: the connection's socket (a duplicate of its descriptor, which
+    stays valid however the driver closes its own) and when the call is given up."""
+
+    socket_fd: int
+    seconds: float
+    deadline: float
+    fired: bool = False
+
+
+class _Watchdog:
+    """Closes the connection of a psycopg call that has had no answer for too long.
+
+    The server's `statement_timeout` ends a slow statement, and TCP notices a network that
+    drops packets; but when something acknowledges the packets and never answers (a
+    pooler or proxy whose server is gone, a frozen server), psycopg waits forever: it has
+    no timeout of its own. A watched call gets a deadline, pushed back by each statement
+    it sends; past it, the connection's socket is shut down, so the driver sees the
+    connection closed and the call fails as a lost connection.
+    """
+
+    def __init__(self) -> None:
+        self._limits: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+        self._start()
+        if hasattr(os, "register_at_fork"):  # a forked child starts its own thread
+            os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        self._changed = threading.Condition()
+        self._calls: dict[int, _Call] = {}
+        self._thread: threading.Thread | None = None
+        self._wakes_at: float | None = None
+
+    def adopt(self, engine: Engine, seconds: float) -> None:
+        """Watch the calls that `Database` makes on `engine`, `seconds` each."""
+        self._limits[engine] = seconds
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _on_statement(conn: Connection, *_: Any) -> None:
+            self.heard(conn.connection.dbapi_connection)
+
+    def limit(self, engine: Engine) -> float | None:
+        """The seconds each call on `engine` is given, if it is watched."""
+        return self._limits.get(engine)
+
+    @contextmanager
+    def watch(self, dbapi_connection: Any, seconds: float | None) -> Iterator[None]:
+        """Give up the block's calls on `dbapi_connection` once one has had no answer for
+        `seconds` (None: never): they then raise `DatabaseUnavailableError`."""
+        key = id(dbapi_connection)
+        call = None if seconds is None else self._arm(key, dbapi_connection, seconds)
+        if call is None:  # not watched, already watched by an outer block, or closed
+            yield
+            return
+        try:
+            yield
+        except Exception as exc:
+            if call.fired:
+                raise DatabaseUnavailableError(
+                    f"database unreachable: no answer within {call.seconds:g} s, "
+                    "the connection was closed"
+                ) from exc
+            raise
+        finally:
+            with self._changed:
+                del self._calls[key]
+            os.close(call.socket_fd)
+
+    def heard(self, dbapi_connection: Any) -> None:
+        """A new statement is sent on this connection: its call gets its time again."""
+        with self._changed:
+            call = self._calls.get(id(dbapi_connection))
+            if call is not None:
+                call.deadline = time.monotonic() + call.seconds
+
+    def _arm(self, key: int, dbapi_connection: Any, seconds: float) -> _Call | None:
+        with self._changed:
+            if key in self._calls:
+                return None
+            try:
+                socket_fd = os.dup(dbapi_connection.fileno())
+            except Exception:  # closed or broken: the call fails at once by itself
+                return None
+            call = self._calls[key] = _Call(socket_fd, seconds, time.monotonic() + seconds)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="queuetopia-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._wakes_at is None or call.deadline < self._wakes_at:
+                # Calls are mostly armed in deadline order: the thread is rarely woken.
+                self._changed.notify()
+            return call
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                waiting = [call for call in self._calls.values() if not call.fired]
+                for call in waiting:
+                    if call.deadline <= now:
+                        call.fired = True
+                        _shut_down(call.socket_fd)
+                deadlines = [call.deadline for call in waiting if not call.fired]
+                self._wakes_at = min(deadlines, default=None)
+                self._changed.wait(None if self._wakes_at is None else self._wakes_at - now)
+
+
+def _shut_down(socket_fd: int) -> None:
+    """End the connection of this socket both ways; its owner closes the descriptor."""
+    sock = socket.socket(fileno=socket_fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already ended
+    finally:
+        sock.detach()
+
+
+_watchdog = _Watchdog()
 
 
 def _enable_wal(cursor: Any) -> None:
@@ -222,23 +419,43 @@ def is_rolled_back_conflict(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether the error is likely to pass: a conflict or a lost database connection."""
+    """Whether the error is likely to pass: a conflict, a lost database connection or a
+    statement that took too long."""
     if is_rolled_back_conflict(exc):
         return True
     if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, BaseException):
         return is_transient(exc.__cause__)
     if not isinstance(exc, DBAPIError):
         return False
-    if exc.connection_invalidated:
+    return _connection_lost(exc) or _codes(exc)[0] in _CANCELLED_SQLSTATES
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """Whether the connection was lost, or could not be made, as the driver tells it.
+
+    Judged by what happened to the connection, never by a missing error code: a driver
+    refuses some statements on the client side (psycopg: more than 65,535 parameters)
+    with an error that has no code either, on a connection that is still sound.
+    """
+    if exc.connection_invalidated:  # the dialect saw the connection closed or broken
         return True
-    if _is_missing_table(exc) or type(exc.orig).__module__.startswith("sqlite3"):
-        return False  # SQLite's transient error, "database is locked", is a conflict above
     sqlstate, errno = _codes(exc)
     if sqlstate and sqlstate.startswith(_CONNECTION_SQLSTATE_PREFIXES):
         return True
-    # A driver error without a code is how psycopg and PyMySQL report a failed connect.
-    return errno in _CONNECTION_MYSQL or (
-        isinstance(exc, OperationalError) and sqlstate is None and errno is None
+    return errno in _CONNECTION_MYSQL or _psycopg_connect_failed(exc.orig)
+
+
+def _psycopg_connect_failed(orig: BaseException | None) -> bool:
+    """A failed psycopg connection attempt (refused, unreachable, timed out).
+
+    psycopg gives no code for these; it attaches the failed connection to the error of a
+    connection attempt, and to no other error.
+    """
+    psycopg = sys.modules.get("psycopg")
+    return (
+        psycopg is not None
+        and isinstance(orig, psycopg.Error)
+        and (orig.pgconn is not None or isinstance(orig, psycopg.errors.ConnectionTimeout))
     )
 
 
@@ -287,6 +504,7 @@ class Database:
         self._writer: contextlib.AbstractContextManager[Any] = (
             _sqlite_writer(engine) if self.dialect == "sqlite" else contextlib.nullcontext()
         )
+        self._silence = _watchdog.limit(engine)
 
     def now(self) -> sa.ColumnElement[datetime]:
         """The database's current time as an SQL expression (SQLite: this machine's)."""
@@ -335,11 +553,18 @@ class Database:
         if pinned is not None:
             if pinned.invalidated and pinned.in_transaction():
                 pinned.rollback()  # the connection was lost: start over on a new one
-            with pinned.begin():
+            with self._watched(pinned), pinned.begin():
                 yield pinned
             return
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn, self._watched(conn), conn.begin():
             yield conn
+
+    def _watched(self, conn: Connection) -> contextlib.AbstractContextManager[None]:
+        """Give up the block's calls on `conn` once one has had no answer for too long
+        (engines made by `create_engine` with a statement timeout, on psycopg)."""
+        if self._silence is None:
+            return contextlib.nullcontext()
+        return _watchdog.watch(conn.connection.dbapi_connection, self._silence)
 
     def retrying(
         self, fn: Callable[[], T], *, conflicts_only: bool = False, max_seconds: float = 30.0
@@ -382,18 +607,14 @@ class Database:
 
 def check_schema(db: Database) -> None:
     """Raise `SchemaMissingError` unless the tables are at the newest schema version."""
-    from queuetopia_py.migrations import LATEST, current_version
+    from queuetopia_py.migrations import LATEST, check_known, current_version
 
     try:
-        with db.engine.connect() as conn:
+        with db.engine.connect() as conn, db._watched(conn):
             version = current_version(conn, db.tables.prefix)
     except DBAPIError as exc:
         raise translate(exc) from exc
-    if version > LATEST:
-        raise DatabaseError(
-            f"the queuetopia tables are at schema version {version}, newer than this "
-            f"version of queuetopia_py knows ({LATEST}): upgrade queuetopia_py on this node"
-        )
+    check_known(version)
     if version < LATEST:
         raise SchemaMissingError(
             f"the queuetopia tables are at schema version {version}, this version needs "
