@@ -12,7 +12,8 @@ import pytest
 from proxy import SilentableProxy
 
 from queuetopia_py import DatabaseUnavailableError, Queuetopia
-from queuetopia_py.store.claims import Claim, ClaimStore
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.locks import Claim
 
 # Long enough to tell "fails after the bounds" (a few seconds, plus a connection
 # attempt's 10 s) from "hangs" (minutes).
@@ -72,7 +73,7 @@ def test_renewing_a_lock_fails_as_unavailable(queue: Queuetopia, proxy: Silentab
     claims = ClaimStore(queue._db, queue.scope, queue.node)
     claim = claims.claim("q")
     assert isinstance(claim, Claim)
-    assert claims.renew(claim, retry=False)
+    assert claims.locks.renew(claim, retry=False)
     proxy.black_hole()
-    failed = _outcome(lambda: claims.renew(claim, retry=False))
+    failed = _outcome(lambda: claims.locks.renew(claim, retry=False))
     assert isinstance(failed, DatabaseUnavailableError)
