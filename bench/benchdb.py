@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from queuetopia_py import migrate
 
 ADMIN = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
@@ -37,3 +40,13 @@ def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
             force = " WITH (FORCE)" if backend == "postgresql" else ""
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
         admin.dispose()
+
+
+def fresh_databases(backends: str) -> Iterator[tuple[str, str]]:
+    """(backend, URL) of a fresh database with the queuetopia tables, for each backend
+    of the comma-separated list in turn; each is dropped as the loop moves on or ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends.split(","):
+            with fresh_database(backend, Path(tmp)) as url:
+                migrate(url)
+                yield backend, url

@@ -84,12 +84,15 @@ def prepare(url: str, queues: int, per_queue: int) -> None:
     enqueue_interleaved(url, queues, per_queue)
 
 
-def enqueue_interleaved(url: str, queues: int, per_queue: int) -> None:
+def enqueue_interleaved(
+    url: str, queues: int, per_queue: int, batch_size: int = PREPARE_BATCH
+) -> None:
+    """Enqueue Q x N jobs, interleaved, with `create_jobs`, `batch_size` a call."""
     node = Queuetopia(repo=url, scope=SCOPE)
     batch: list[dict[str, Any]] = []
     for queue, i in interleaved(queues, per_queue):
         batch.append({"queue": queue, "action": ACTION, "params": {"i": i}})
-        if len(batch) == PREPARE_BATCH:
+        if len(batch) == batch_size:
             node.create_jobs(batch)
             batch = []
     if batch:

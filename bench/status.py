@@ -168,6 +168,25 @@ def job_values(
     return values
 
 
+def insert_pending(
+    conn: sa.Connection,
+    d: Dialect,
+    table: sa.Table,
+    count: int,
+    *,
+    scope: str,
+    queues: int,
+    first: int,
+    rows: int,
+) -> None:
+    """`count` due pending jobs of `scope`, job n in queue `q<n % queues>` (numbered as
+    in `job_values`)."""
+    values = job_values(
+        d, scope=f"'{scope}'", queue=d.cat("'q'", f"n % {queues}"), first=first, rows=rows
+    )
+    insert_series(conn, d, table, count, values)
+
+
 @dataclass(frozen=True)
 class Shape:
     rows: int
@@ -246,32 +265,13 @@ def load(url: str, backend: str, shape: Shape) -> None:
             ),
         )
         first += FAILED
-        insert_series(
-            conn,
-            d,
-            jobs,
-            OTHER_PENDING,
-            job_values(
-                d,
-                scope=f"'{OTHER_SCOPES[0]}'",
-                queue=d.cat("'q'", f"n % {qn}"),
-                first=first,
-                rows=shape.rows,
-            ),
+        other = OTHER_SCOPES[0]
+        insert_pending(
+            conn, d, jobs, OTHER_PENDING, scope=other, queues=qn, first=first, rows=shape.rows
         )
         first += OTHER_PENDING
-        insert_series(
-            conn,
-            d,
-            jobs,
-            shape.pending,
-            job_values(
-                d,
-                scope=f"'{SCOPE}'",
-                queue=d.cat("'q'", f"n % {qn}"),
-                first=first,
-                rows=shape.rows,
-            ),
+        insert_pending(
+            conn, d, jobs, shape.pending, scope=SCOPE, queues=qn, first=first, rows=shape.rows
         )
         decorate_heads(conn, tables, now)
     engine.dispose()

@@ -1,5 +1,6 @@
 """Shared pieces of the worker processes of bench/compare.py (imported by ours.py and
-peers.py, which compare.py runs as subprocesses).
+peers.py, which compare.py runs as subprocesses), also used by fairness.py,
+many_queues.py and history.py.
 
 A worker process prints its result as one JSON object on a stdout line starting with
 `RESULT_PREFIX` (anything else on stdout, such as a library's log line, is ignored), and
