@@ -108,7 +108,12 @@ def upgrade(op: Operations, prefix: str) -> None:
 
 
 def _backfill_queues(op: Operations, prefix: str) -> None:
-    """One queues row per queue with pending jobs: its count and its head."""
+    op.get_bind().execute(queues_backfill(prefix))
+
+
+def queues_backfill(prefix: str) -> sa.Insert:
+    """The statement filling an empty queues table from the jobs: one row per queue with
+    pending jobs, its count and its head (also for tools that load jobs by hand)."""
     jobs = sa.table(
         f"{prefix}jobs",
         *(
@@ -152,27 +157,9 @@ def _backfill_queues(op: Operations, prefix: str) -> None:
         head.c.next_attempt_at,
         head.c.failing_since,
     ).select_from(counts.join(head, head.c.id == head_id))
-    queues = sa.table(
-        f"{prefix}queues",
-        *(
-            sa.column(n)
-            for n in (
-                "scope",
-                "queue",
-                "pending",
-                "head_id",
-                "head_at",
-                "head_due",
-                "blocked_since",
-            )
-        ),
-    )
-    op.get_bind().execute(
-        queues.insert().from_select(
-            ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"],
-            rows,
-        )
-    )
+    columns = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]
+    queues = sa.table(f"{prefix}queues", *(sa.column(n) for n in columns))
+    return queues.insert().from_select(columns, rows)
 
 
 def _lock_tables(prefix: str) -> tuple[sa.TableClause, sa.TableClause, sa.TableClause]:
