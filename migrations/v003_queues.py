@@ -74,11 +74,9 @@ def upgrade(op: Operations, prefix: str) -> None:
     conn.execute(
         jobs.update()
         .where(jobs.c.on_failure.like(f"{_MOVE_TO}%"))
-        .values(
-            {
-                jobs.c.dead_letter_queue: sa.func.substr(jobs.c.on_failure, len(_MOVE_TO) + 1),
-                jobs.c.on_failure: "move_to",
-            }
+        .ordered_values(
+            (jobs.c.dead_letter_queue, sa.func.substr(jobs.c.on_failure, len(_MOVE_TO) + 1)),
+            (jobs.c.on_failure, "move_to"),
         )
     )
     conn.execute(jobs.update().where(jobs.c.on_failure.is_(None)).values(on_failure="give_up"))
@@ -113,7 +111,8 @@ def _backfill_queues(op: Operations, prefix: str) -> None:
 
 def queues_backfill(prefix: str) -> sa.Insert:
     """The statement filling an empty queues table from the jobs: one row per queue with
-    pending jobs, its count and its head (also for tools that load jobs by hand)."""
+    pending jobs, its count and its head (also for tools that load jobs by hand). One
+    pass over the pending jobs, numbered in queue order within each queue."""
     jobs = sa.table(
         f"{prefix}jobs",
         *(
@@ -129,37 +128,34 @@ def queues_backfill(prefix: str) -> sa.Insert:
             )
         ),
     )
-    head = jobs.alias("h")
-    first = jobs.alias("f")
-    counts = (
-        sa.select(jobs.c.scope, jobs.c.queue, sa.func.count().label("n"))
-        .where(jobs.c.state == "pending")
-        .group_by(jobs.c.scope, jobs.c.queue)
-        .subquery("c")
-    )
-    head_id = (
-        sa.select(first.c.id)
-        .where(
-            first.c.scope == counts.c.scope,
-            first.c.queue == counts.c.queue,
-            first.c.state == "pending",
+    queue = (jobs.c.scope, jobs.c.queue)
+    pending = (
+        sa.select(
+            *queue,
+            sa.func.count().over(partition_by=queue).label("n"),
+            sa.func.row_number()
+            .over(partition_by=queue, order_by=(jobs.c.scheduled_at, jobs.c.id))
+            .label("place"),
+            jobs.c.id,
+            jobs.c.scheduled_at,
+            jobs.c.next_attempt_at,
+            jobs.c.failing_since,
         )
-        .order_by(first.c.scheduled_at, first.c.id)
-        .limit(1)
-        .scalar_subquery()
+        .where(jobs.c.state == "pending")
+        .subquery("p")
     )
-    rows = sa.select(
-        counts.c.scope,
-        counts.c.queue,
-        counts.c.n,
-        head.c.id,
-        head.c.scheduled_at,
-        head.c.next_attempt_at,
-        head.c.failing_since,
-    ).select_from(counts.join(head, head.c.id == head_id))
+    heads = sa.select(
+        pending.c.scope,
+        pending.c.queue,
+        pending.c.n,
+        pending.c.id,
+        pending.c.scheduled_at,
+        pending.c.next_attempt_at,
+        pending.c.failing_since,
+    ).where(pending.c.place == 1)
     columns = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]
     queues = sa.table(f"{prefix}queues", *(sa.column(n) for n in columns))
-    return queues.insert().from_select(columns, rows)
+    return queues.insert().from_select(columns, heads)
 
 
 def _lock_tables(prefix: str) -> tuple[sa.TableClause, sa.TableClause, sa.TableClause]:

@@ -21,9 +21,13 @@ from queuetopia_py.store.jobs import summary_columns, summary_from_mapping
 _FAILED = [o for o in OUTCOMES if o is not JobState.CANCELLED]
 
 
-def _skip_scan(column: sa.Column[Any]) -> sa.Select[Any]:
-    """The distinct values of an indexed column, one index seek each (a recursive
-    "loose index scan"): its cost follows the values, not the rows."""
+def _distinct(column: sa.Column[Any], dialect: str) -> sa.Select[Any]:
+    """The distinct values of the column that an index leads with, one index seek each:
+    the cost follows the values, not the rows. MariaDB/MySQL skip through the index for
+    a plain DISTINCT; PostgreSQL and SQLite are led from one value to the next (a
+    recursive "loose index scan")."""
+    if dialect in ("mysql", "mariadb"):
+        return sa.select(column).distinct()
     found = sa.select(sa.func.min(column).label("value")).cte("found", recursive=True)
     following = (
         sa.select(column).where(column > found.c.value).order_by(column).limit(1).scalar_subquery()
@@ -163,12 +167,10 @@ class Inspection:
     def known_scopes(self) -> list[str]:
         """Every scope with jobs, queues, locks or suspensions in these tables."""
         t = self.db.tables
-        scans = [_skip_scan(t.jobs.c.scope), _skip_scan(t.queues.c.scope)]
-        small = [sa.select(t.locks.c.scope).distinct(), sa.select(t.suspensions.c.scope).distinct()]
         found: set[str] = set()
         with self.db.transaction() as conn:
-            for stmt in [*scans, *small]:
-                found.update(conn.execute(stmt).scalars())
+            for table in (t.jobs, t.queues, t.locks, t.suspensions):
+                found.update(conn.execute(_distinct(table.c.scope, self.db.dialect)).scalars())
         return sorted(found)
 
     def scope_of(self, job_id: int) -> str | None:
