@@ -144,8 +144,9 @@ def insert_series(
 def job_values(
     d: Dialect, *, scope: str, queue: str, first: int, rows: int, **overrides: str
 ) -> dict[str, str]:
-    """Column expressions of a generated job. Job `first + n` is scheduled `rows - first -
-    n` seconds before the base instant, so that ids follow scheduled_at."""
+    """Column expressions of a generated job, a due pending one unless `overrides` say
+    otherwise (`state` and its columns). Job `first + n` is scheduled `rows - first - n`
+    seconds before the base instant, so that ids follow scheduled_at."""
     at = d.ago(f"{rows - first} - n")
     values = {
         "scope": scope,
@@ -206,7 +207,8 @@ class Shape:
 
 
 def load(url: str, backend: str, shape: Shape) -> None:
-    """Fill the jobs table with `shape` (ids in scheduled order: history, ended, pending)."""
+    """Fill the jobs table with `shape` (ids in scheduled order: history, ended, pending),
+    then the queues table from its pending jobs (see `decorate_heads`)."""
     if shape.done < 0:
         raise SystemExit(f"--rows must be at least pending + {FAILED + OTHER_PENDING}")
     tables = build_tables()
