@@ -1,6 +1,6 @@
 """History: operator reads cost what they return, not what the history holds.
 
-    python bench/history.py [--backends postgresql[,mariadb]] [--done-rows 10000000]
+    python bench/history.py [--backends postgresql[,mariadb,sqlite]] [--done-rows 10000000]
                             [--queues 1000] [--pending 1000] [--pending-queues 100]
                             [--repeat 20] [--page-size 100] [--deep-page 9000]
                             [--plans history-plans.txt] [--json OUT]
@@ -28,9 +28,9 @@ warm-up call, the reads taking turns) and counts the rows it returns:
   jobs as the offset page (checked once before the timing: the script exits 1 if not).
 
 and writes the plan of every statement each read sends to `--plans`: PostgreSQL
-EXPLAIN (ANALYZE, BUFFERS), captured by auto_explain as the statements run (the
-scheduler's own driver-level statements included); MariaDB ANALYZE (r_rows: rows
-actually read) of each statement captured, run again in a transaction rolled back.
+EXPLAIN (ANALYZE, BUFFERS), captured by auto_explain as the statements run; MariaDB
+ANALYZE (r_rows: rows actually read) and SQLite EXPLAIN QUERY PLAN of each statement
+captured, run again in a transaction rolled back.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def write_plans(path: Path, results: list[dict[str, Any]], args: argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="postgresql", help="postgresql, mariadb")
+    parser.add_argument("--backends", default="postgresql", help="postgresql, mariadb, sqlite")
     parser.add_argument("--done-rows", type=int, default=10_000_000, help="done jobs")
     parser.add_argument("--queues", type=int, default=1_000, help="queues of the history")
     parser.add_argument("--pending", type=int, default=1_000, help="pending jobs")
