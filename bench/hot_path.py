@@ -7,6 +7,9 @@ PYTHONPATH (e.g. a `git worktree` of the older commit):
 
     for i in 1 2 3; do PYTHONPATH=/tmp/old python bench/hot_path.py; python bench/hot_path.py; done
 
+Both trees need the store of schema version 3 (`ClaimStore.records`, `poll(limit)`):
+for an older one, run this script as it was in that tree.
+
 Each round uses a fresh database: it creates `--jobs` jobs in one queue, claims and
 records them one by one (`ClaimStore.claim`, then `.records.record_success`), polls 100
 times (`ClaimStore.poll(10)`), then creates ten times `--jobs` jobs with one `create_jobs`
