@@ -1,6 +1,6 @@
 """History: operator reads cost what they return, not what the history holds.
 
-    python bench/history.py [--backends postgresql[,mariadb]] [--done-rows 10000000]
+    python bench/history.py [--backends postgresql[,mariadb,sqlite]] [--done-rows 10000000]
                             [--queues 1000] [--pending 1000] [--pending-queues 100]
                             [--repeat 20] [--page-size 100] [--deep-page 9000]
                             [--plans history-plans.txt] [--json OUT]
@@ -8,10 +8,12 @@
 For each backend, on a fresh database (bench/benchdb.py), it seeds the jobs table with
 bulk SQL (INSERT ... SELECT over a generated series: PostgreSQL's generate_series,
 MariaDB's seq_1_to_N; the loaders of status.py and ours.py): `--done-rows` completed jobs
-(done_at set) of one scope over `--queues` queues, then `--pending` pending jobs over the
-first `--pending-queues` of those queues (all due). Seeding refuses a table that already
-holds jobs, so it never doubles a history; it prints its duration, then that of the
-statistics (PostgreSQL: VACUUM ANALYZE; MariaDB: ANALYZE TABLE).
+(state "done", done_at set) of one scope over `--queues` queues, then `--pending` pending
+jobs over the first `--pending-queues` of those queues (all due), and fills the queues
+table from them (status.fill_queues: the scheduler and status() read that table). Seeding
+refuses a table that already holds jobs, so it never doubles a history; it prints its
+duration, then that of the statistics (PostgreSQL: VACUUM ANALYZE; MariaDB: ANALYZE
+TABLE).
 
 Then it times each read (the median and p95 of `--repeat` calls, in ms, after one
 warm-up call, the reads taking turns) and counts the rows it returns:
@@ -21,19 +23,19 @@ warm-up call, the reads taking turns) and counts the rows it returns:
 - status(), known_scopes();
 - done, page 1: `paginate_jobs(state="done")`, `--page-size` a page;
 - done, page N: `paginate_jobs(state="done", page_number=--deep-page)`;
-- done, keyset: the same page through a keyset cursor, `list_jobs(state="done",
-  after=...)`: skipped with a note while `list_jobs` takes no `after=` (`keyset_page`).
+- done, keyset page N: the same page through a keyset cursor, `list_jobs(state="done",
+  after=<id of the last job before it>, limit=--page-size)`; it must return the same
+  jobs as the offset page (checked once before the timing: the script exits 1 if not).
 
 and writes the plan of every statement each read sends to `--plans`: PostgreSQL
-EXPLAIN (ANALYZE, BUFFERS), captured by auto_explain as the statements run (the
-scheduler's own driver-level statements included); MariaDB ANALYZE (r_rows: rows
-actually read) of each statement captured, run again in a transaction rolled back.
+EXPLAIN (ANALYZE, BUFFERS), captured by auto_explain as the statements run; MariaDB
+ANALYZE (r_rows: rows actually read) and SQLite EXPLAIN QUERY PLAN of each statement
+captured, run again in a transaction rolled back.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import sys
@@ -47,7 +49,7 @@ import sqlalchemy as sa
 from benchdb import fresh_databases
 from ours import SCOPE, fill_history
 from sqlalchemy import event
-from status import Dialect, analyze, explain, insert_pending, p95
+from status import Dialect, analyze, explain, fill_queues, insert_pending, p95
 from workerio import Stopwatch
 
 from queuetopia_py import Job, Queuetopia
@@ -97,6 +99,7 @@ def seed(url: str, backend: str, args: argparse.Namespace) -> float:
                 first=0,
                 rows=args.pending,
             )
+            fill_queues(conn)
     finally:
         engine.dispose()
     return watch.elapsed()
@@ -109,66 +112,56 @@ def scheduler_reads(ops: Queuetopia) -> dict[str, Read]:
     """The scheduler's poll, and one claim given back at once, on `ops`'s database.
 
     INTERNAL HOOK, the only place this script reaches inside the engine: today they are
-    `ClaimStore(db, scope, node).poll(limit, exclude)`, `.claim(queue)` and
-    `.give_back(claim)` (queuetopia_py/store/claims.py). Re-point them here when the
-    engine changes.
+    `ClaimStore(db, scope, node).poll(limit)` and `.claim(queue)`
+    (queuetopia_py/store/claims.py), and `.locks.give_back(claim)` (store/locks.py).
+    Re-point them here when the engine changes.
     """
-    from queuetopia_py.store.claims import Claim, ClaimStore
+    from queuetopia_py.store.claims import ClaimStore
+    from queuetopia_py.store.locks import Claim
 
     claims = ClaimStore(ops._db, ops.scope, "history-bench")
 
     def poll() -> int:
-        return len(claims.poll(POLL_LIMIT, set()).queues)
+        return len(claims.poll(POLL_LIMIT).queues)
 
     def claim() -> int:
         claim = claims.claim(CLAIMED_QUEUE)
         if not isinstance(claim, Claim):
             raise RuntimeError(f"claim of {CLAIMED_QUEUE}: {claim!r}, not a claim")
-        claims.give_back(claim)
+        claims.locks.give_back(claim)
         return 1
 
     return {"poll": poll, "claim + give back": claim}
 
 
 def keyset_page(ops: Queuetopia, cursor: Job, page_size: int) -> list[Job]:
-    """The page of done jobs after `cursor`, through a keyset cursor.
-
-    KEYSET PLACEHOLDER: written against the API to come (`list_jobs` takes no `after=`
-    yet, see `keyset_cursor`); adapt the call to the cursor it will take (the last job
-    of the previous page, or its id).
-    """
-    return ops.list_jobs(state="done", after=cursor, limit=page_size)  # type: ignore[call-arg]
+    """The page of done jobs after `cursor` (the last job of the page before), through
+    the keyset cursor `after=`."""
+    return ops.list_jobs(state="done", after=cursor.id, limit=page_size)
 
 
-def keyset_cursor(ops: Queuetopia, args: argparse.Namespace) -> tuple[Job | None, str]:
-    """The last done job before the deep page (the keyset cursor; None while the API
-    has no keyset pages), and a note: why the keyset page is skipped, or whether it
-    returns the same jobs as the deep page."""
-    if "after" not in inspect.signature(ops.list_jobs).parameters:
-        return None, "keyset page skipped: list_jobs takes no after= cursor yet"
+def keyset_cursor(ops: Queuetopia, args: argparse.Namespace) -> tuple[Job, bool]:
+    """The last done job before the deep page (the keyset cursor), and whether the
+    keyset page after it holds the same jobs as the deep page read by offset."""
     size, deep = args.page_size, args.deep_page
-    before = ops.list_jobs(state="done", limit=1, offset=(deep - 1) * size - 1)
-    if not before:
-        return None, f"keyset page skipped: fewer than {(deep - 1) * size:,} done jobs"
-    keyset = keyset_page(ops, before[0], size)
+    (cursor,) = ops.list_jobs(state="done", limit=1, offset=(deep - 1) * size - 1)
+    keyset = keyset_page(ops, cursor, size)
     offset = ops.paginate_jobs(size, deep, state="done").items
-    same = [j.id for j in keyset] == [j.id for j in offset]
-    return before[0], "keyset page = offset page" if same else "KEYSET PAGE != OFFSET PAGE"
+    return cursor, [j.id for j in keyset] == [j.id for j in offset]
 
 
-def reads(ops: Queuetopia, args: argparse.Namespace, cursor: Job | None) -> dict[str, Read]:
-    """Every read measured, by name (the keyset page only with a `cursor`)."""
+def reads(ops: Queuetopia, args: argparse.Namespace, cursor: Job) -> dict[str, Read]:
+    """Every read measured, by name; `cursor` is the last done job before the deep
+    page."""
     size, deep = args.page_size, args.deep_page
-    out = {
+    return {
         **scheduler_reads(ops),
         "status()": lambda: len(ops.status().queues),
         "known_scopes()": lambda: len(ops.known_scopes()),
         "done, page 1": lambda: len(ops.paginate_jobs(size, 1, state="done").items),
         f"done, page {deep:,}": lambda: len(ops.paginate_jobs(size, deep, state="done").items),
+        f"done, keyset page {deep:,}": lambda: len(keyset_page(ops, cursor, size)),
     }
-    if cursor is not None:
-        out[f"done, keyset page {deep:,}"] = lambda: len(keyset_page(ops, cursor, size))
-    return out
 
 
 def time_reads(named: dict[str, Read], repeat: int) -> dict[str, dict[str, float]]:
@@ -211,7 +204,7 @@ def postgresql_planner(url: str) -> Iterator[tuple[sa.Engine, list[str]]]:
         engine.dispose()
 
 
-def postgresql_plans(url: str, args: argparse.Namespace, cursor: Job | None) -> dict[str, str]:
+def postgresql_plans(url: str, args: argparse.Namespace, cursor: Job) -> dict[str, str]:
     """Each read run once more, with the plans auto_explain reports for its statements."""
     out = {}
     with postgresql_planner(url) as (engine, plans):
@@ -223,9 +216,7 @@ def postgresql_plans(url: str, args: argparse.Namespace, cursor: Job | None) -> 
     return out
 
 
-def captured_plans(
-    url: str, backend: str, args: argparse.Namespace, cursor: Job | None
-) -> dict[str, str]:
+def captured_plans(url: str, backend: str, args: argparse.Namespace, cursor: Job) -> dict[str, str]:
     """Each read run once more, its statements captured, then explained (status.explain:
     MariaDB ANALYZE, SQLite EXPLAIN QUERY PLAN) in a transaction rolled back."""
     engine = sa.create_engine(url)
@@ -274,7 +265,7 @@ def run_backend(url: str, backend: str, args: argparse.Namespace) -> dict[str, A
     )
     ops = Queuetopia(repo=url, scope=SCOPE)
     try:
-        cursor, note = keyset_cursor(ops, args)
+        cursor, same = keyset_cursor(ops, args)
         timings = time_reads(reads(ops, args, cursor), args.repeat)
     finally:
         ops.stop()
@@ -288,7 +279,7 @@ def run_backend(url: str, backend: str, args: argparse.Namespace) -> dict[str, A
         "seed_seconds": seeded,
         "analyze_seconds": analyzed,
         "reads": timings,
-        "note": note,
+        "keyset_page_same": same,
         "plans": plans,
     }
 
@@ -300,7 +291,8 @@ def print_table(result: dict[str, Any]) -> None:
             f"{result['backend']:<11}{name:<28}{t['median_ms']:>10.2f}{t['p95_ms']:>10.2f}"
             f"{t['rows']:>7}"
         )
-    print(f"({result['note']})\n", flush=True)
+    same = "=" if result["keyset_page_same"] else "!="
+    print(f"(keyset page {same} offset page)\n", flush=True)
 
 
 def write_plans(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -318,7 +310,7 @@ def write_plans(path: Path, results: list[dict[str, Any]], args: argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="postgresql", help="postgresql, mariadb")
+    parser.add_argument("--backends", default="postgresql", help="postgresql, mariadb, sqlite")
     parser.add_argument("--done-rows", type=int, default=10_000_000, help="done jobs")
     parser.add_argument("--queues", type=int, default=1_000, help="queues of the history")
     parser.add_argument("--pending", type=int, default=1_000, help="pending jobs")
@@ -331,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pending_queues > args.queues:
         parser.error("--pending-queues must be at most --queues")
+    if not 2 <= args.deep_page <= args.done_rows // args.page_size:
+        parser.error("--deep-page must be from 2 to the last full page of --done-rows")
 
     print(
         f"python {sys.version.split()[0]}, sqlalchemy {sa.__version__}; scope {SCOPE!r}: "
@@ -347,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plans written to {args.plans}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return 0 if all(r["keyset_page_same"] for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ PYTHONPATH (e.g. a `git worktree` of the older commit):
 
     for i in 1 2 3; do PYTHONPATH=/tmp/old python bench/hot_path.py; python bench/hot_path.py; done
 
+Both trees need the store of schema version 3 (`ClaimStore.records`, `poll(limit)`):
+for an older one, run this script as it was in that tree.
+
 Each round uses a fresh database: it creates `--jobs` jobs in one queue, claims and
-records them one by one, polls 100 times, then creates ten times `--jobs` jobs with one
-`create_jobs` call. Prints operations per second.
+records them one by one (`ClaimStore.claim`, then `.records.record_success`), polls 100
+times (`ClaimStore.poll(10)`), then creates ten times `--jobs` jobs with one `create_jobs`
+call. Prints operations per second (the best of `--rounds`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from benchdb import fresh_database
 
 import queuetopia_py
 from queuetopia_py import Queuetopia, migrate
-from queuetopia_py.store.claims import Claim, ClaimStore
+from queuetopia_py.store.claims import ClaimStore
+from queuetopia_py.store.locks import Claim
 
 
 def one_round(backend: str, jobs: int) -> tuple[float, float, float, float]:
@@ -40,11 +45,11 @@ def one_round(backend: str, jobs: int) -> tuple[float, float, float, float]:
             claims = ClaimStore(queue._db, "bench", "bench-node")
             recorded = 0
             while isinstance(claim := claims.claim("q"), Claim):
-                claims.record_success(claim)
+                claims.records.record_success(claim)
                 recorded += 1
             claimed = time.perf_counter()
             for _ in range(100):
-                claims.poll(10, set())
+                claims.poll(10)
             polled = time.perf_counter()
             bulk_jobs = [
                 {"queue": "bulk", "action": "a", "params": {"i": i}} for i in range(jobs * 10)

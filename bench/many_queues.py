@@ -63,18 +63,19 @@ def time_polls(durations: list[float]) -> None:
     `durations`.
 
     INTERNAL HOOK, the only place this script reaches inside the engine: today the poll
-    is `ClaimStore.poll` (queuetopia_py/store/claims.py), called by `Scheduler._poll`
-    (scheduler.py). Re-point this wrapper when the engine changes.
+    is `ClaimStore.poll(limit)` (queuetopia_py/store/claims.py: one read of the queues
+    table), called by `Scheduler._poll` (scheduler.py). Re-point this wrapper when the
+    engine changes.
     """
-    from queuetopia_py.store.claims import ClaimStore
+    from queuetopia_py.store.claims import ClaimStore, PollResult
 
     poll = ClaimStore.poll
 
     @functools.wraps(poll)
-    def timed(*args: Any, **kwargs: Any) -> Any:
+    def timed(self: ClaimStore, limit: int) -> PollResult:
         started = time.perf_counter()
         try:
-            return poll(*args, **kwargs)
+            return poll(self, limit)
         finally:
             durations.append(time.perf_counter() - started)
 

@@ -102,7 +102,9 @@ def enqueue_interleaved(
 
 def fill_history(url: str, backend: str, rows: int, queues: int) -> float:
     """Add `rows` done jobs of SCOPE over `queues` queues (q0, q1, ...: the measured
-    queues have history too), as completed attempts look. Returns the seconds it took."""
+    queues have history too), as completed attempts look (state "done", done_at set).
+    Returns the seconds it took. Done jobs have no place in the queues table: nothing
+    to fill there."""
     # status.py owns the bulk loader (INSERT ... SELECT over a generated series).
     from status import Dialect, insert_series, job_values
 
@@ -134,6 +136,7 @@ def fill_history(url: str, backend: str, rows: int, queues: int) -> float:
                 attempted_by="'history-node'",
                 done_at=d.ago(f"{rows} - n"),
                 result="NULL",
+                state="'done'",
             ),
         )
     engine.dispose()

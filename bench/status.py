@@ -9,10 +9,12 @@ rows". For each backend and each data set it creates a fresh database (SQLite: a
 PostgreSQL and MariaDB: a new database, dropped afterwards), migrates it and bulk-loads
 the jobs table with INSERT ... SELECT from a generated series. The shape:
 
-- the completed history (done_at set): every row not listed below, spread over `--queues`
-  queues and three scopes, half of it in the measured scope "bench";
+- the completed history (state "done", done_at set): every row not listed below, spread
+  over `--queues` queues and three scopes, half of it in the measured scope "bench";
 - `--pending` pending jobs of "bench" over its `--queues` queues (all due), among whose
-  heads a few are running under a live lock, retrying or blocked; two expired locks;
+  heads a few are running under a live lock, retrying or blocked; two expired locks. The
+  queues table is filled from them (`fill_queues`, the statement of migration v3), the
+  locks set on its rows;
 - 1,000 jobs of "bench" that ended without success (given up, dead-lettered, cancelled);
 - 1,000 pending jobs of another scope; one suspended queue.
 
@@ -28,8 +30,9 @@ It prints the median and p95 of `--calls` calls of each, the ratios of the media
 the query plans of the status statements (captured as status() sends them): PostgreSQL
 `EXPLAIN (ANALYZE, BUFFERS)`, MariaDB `ANALYZE` (r_rows: rows actually read), SQLite
 `EXPLAIN QUERY PLAN`. Unless --no-vary, it also runs the same shape with ten times the
-pending jobs and with a fifth of the rows (same pending jobs): status() should follow the
-pending work, not the history.
+pending jobs and with a fifth of the rows (same pending jobs): status() reads the queues
+table, so it should follow the queues with pending work, neither the pending jobs nor the
+history.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ import sqlalchemy as sa
 from benchdb import fresh_database
 from sqlalchemy import event
 
-from queuetopia_py import Queuetopia, migrate
+from queuetopia_py import Queuetopia, defaults, migrate
+from queuetopia_py.migrations.v003_queues import queues_backfill
 from queuetopia_py.schema import Tables, build_tables
 from queuetopia_py.store.database import create_engine
 
@@ -140,8 +144,9 @@ def insert_series(
 def job_values(
     d: Dialect, *, scope: str, queue: str, first: int, rows: int, **overrides: str
 ) -> dict[str, str]:
-    """Column expressions of a generated job. Job `first + n` is scheduled `rows - first -
-    n` seconds before the base instant, so that ids follow scheduled_at."""
+    """Column expressions of a generated job, a due pending one unless `overrides` say
+    otherwise (`state` and its columns). Job `first + n` is scheduled `rows - first - n`
+    seconds before the base instant, so that ids follow scheduled_at."""
     at = d.ago(f"{rows - first} - n")
     values = {
         "scope": scope,
@@ -159,7 +164,7 @@ def job_values(
         "done_at": "NULL",
         "error": "NULL",
         "inserted_at": at,
-        "outcome": "NULL",
+        "state": "'pending'",
         "on_failure": "'give_up'",
         "round_start": "0",
         "failing_since": "NULL",
@@ -202,7 +207,8 @@ class Shape:
 
 
 def load(url: str, backend: str, shape: Shape) -> None:
-    """Fill the jobs table with `shape` (ids in scheduled order: history, ended, pending)."""
+    """Fill the jobs table with `shape` (ids in scheduled order: history, ended, pending),
+    then the queues table from its pending jobs (see `decorate_heads`)."""
     if shape.done < 0:
         raise SystemExit(f"--rows must be at least pending + {FAILED + OTHER_PENDING}")
     tables = build_tables()
@@ -238,10 +244,11 @@ def load(url: str, backend: str, shape: Shape) -> None:
                 attempted_by=f"'{NODE}'",
                 done_at=done_at,
                 result="NULL",
+                state="'done'",
             ),
         )
         first += shape.done
-        outcome = (
+        state = (
             "CASE n % 10 WHEN 0 THEN 'cancelled' WHEN 1 THEN 'dead_lettered' ELSE 'given_up' END"
         )
         insert_series(
@@ -260,7 +267,8 @@ def load(url: str, backend: str, shape: Shape) -> None:
                 attempted_by=f"'{NODE}'",
                 next_attempt_at="NULL",
                 error="'SMTP 550: mailbox unavailable'",
-                outcome=outcome,
+                ended_at=d.ago(f"{shape.rows - first} - n"),
+                state=state,
                 failing_since=d.ago(f"{shape.rows - first} - n"),
             ),
         )
@@ -281,38 +289,25 @@ def load(url: str, backend: str, shape: Shape) -> None:
 
 
 def decorate_heads(conn: sa.Connection, tables: Tables, now: datetime) -> None:
-    """Running, retrying and blocked heads; live and expired locks."""
-    jobs, locks = tables.jobs, tables.locks
+    """Running, retrying and blocked heads; then the queues table, filled from the
+    pending jobs (`fill_queues`: the decorated heads' due times and failures included);
+    then live and expired locks on the queues' rows."""
+    jobs, queues = tables.jobs, tables.queues
 
     def head(queue: str) -> int | None:
+        # Ids follow scheduled_at: the first pending job by id is the head.
         return conn.execute(
             sa.select(sa.func.min(jobs.c.id)).where(
-                jobs.c.scope == SCOPE,
-                jobs.c.queue == queue,
-                jobs.c.done_at.is_(None),
-                jobs.c.outcome.is_(None),
+                jobs.c.scope == SCOPE, jobs.c.queue == queue, jobs.c.state == "pending"
             )
         ).scalar()
 
-    def lock(queue: str, job_id: int | None, started: datetime, until: datetime) -> None:
-        values: dict[str, Any] = {
-            "scope": SCOPE,
-            "queue": queue,
-            "token": str(uuid.uuid4()),
-            "locked_at": started,
-            "locked_by_node": NODE,
-            "locked_until": until,
-        }
-        if "job_id" in locks.c:
-            values["job_id"] = job_id
-        conn.execute(locks.insert().values(**values))
-
+    running: dict[str, datetime] = {}
     for i in RUNNING:
-        job_id = head(f"q{i}")
-        started = now - timedelta(seconds=5 + i)
+        started = running[f"q{i}"] = now - timedelta(seconds=5 + i)
         conn.execute(
             jobs.update()
-            .where(jobs.c.id == job_id)
+            .where(jobs.c.id == head(f"q{i}"))
             .values(
                 attempts=1,
                 attempted_at=started,
@@ -322,10 +317,6 @@ def decorate_heads(conn: sa.Connection, tables: Tables, now: datetime) -> None:
                 progress_at=now,
             )
         )
-        lock(f"q{i}", job_id, started, now + timedelta(minutes=5))
-    for i in EXPIRED:
-        started = now - timedelta(hours=2)
-        lock(f"q{i}", head(f"q{i}"), started, started + timedelta(minutes=5))
     for i in [*RETRYING, *BLOCKED]:
         blocked = i in BLOCKED
         conn.execute(
@@ -341,6 +332,32 @@ def decorate_heads(conn: sa.Connection, tables: Tables, now: datetime) -> None:
                 on_failure="block" if blocked else "give_up",
             )
         )
+    fill_queues(conn, tables.prefix)
+    expired = now - timedelta(hours=2)
+    locks = {**running, **{f"q{i}": expired for i in EXPIRED}}
+    for queue, started in locks.items():
+        token = uuid.uuid4().hex
+        until = now + timedelta(minutes=5) if queue in running else started + timedelta(minutes=5)
+        conn.execute(
+            queues.update()
+            .where(queues.c.scope == SCOPE, queues.c.queue == queue)
+            .values(
+                token=token,
+                locked_by=NODE,
+                locked_at=started,
+                locked_until=until,
+                locked_job=queues.c.head_id,
+            )
+        )
+        if queue in running:  # the attempt's claim, as a claim stamps its job
+            conn.execute(jobs.update().where(jobs.c.id == head(queue)).values(claim_token=token))
+
+
+def fill_queues(conn: sa.Connection, prefix: str = defaults.TABLE_PREFIX) -> None:
+    """Fill the empty queues table from the pending jobs loaded by hand (one row a queue:
+    its pending count and head): the scheduler and status() read that table, not the
+    jobs."""
+    conn.execute(queues_backfill(prefix))
 
 
 def analyze(url: str, backend: str) -> None:
@@ -350,8 +367,8 @@ def analyze(url: str, backend: str) -> None:
             conn.execute(sa.text("VACUUM ANALYZE"))
     elif backend == "mariadb":
         with engine.begin() as conn:
-            for table in ("queuetopia_jobs", "queuetopia_locks", "queuetopia_suspensions"):
-                conn.execute(sa.text(f"ANALYZE TABLE {table}")).all()
+            for table in build_tables().metadata.sorted_tables:
+                conn.execute(sa.text(f"ANALYZE TABLE {table.name}")).all()
     else:
         with engine.begin() as conn:
             conn.execute(sa.text("ANALYZE"))
@@ -523,12 +540,18 @@ def print_row(r: Result) -> None:
 
 
 def short_sql(statement: str) -> str:
-    """One line; a select list of every jobs column shortened to `<table>.*`."""
+    """One line; a select list of five or more columns of one table shortened to
+    `<table>.[N columns]`, a list of five or more bound parameters to `(<N parameters>)`."""
     sql = " ".join(statement.split())
-    names = [c.name for c in build_tables().jobs.c]
+    sql = re.sub(
+        r"\b(\w+)\.\w+(?:, \1\.\w+){4,}\b",
+        lambda m: f"{m[1]}.[{m[0].count(',') + 1} columns]",
+        sql,
+    )
+    param = r"(?:\?|%\(\w+\)s(?:::[\w ]+)?)"
     return re.sub(
-        r"\b(\w+)\.id, " + ", ".join(rf"\1\.{n}" for n in names[1:]) + r"\b",
-        r"\1.*",
+        rf"\(({param}(?:, {param}){{4,}})\)",
+        lambda m: f"(<{m[1].count(',') + 1} parameters>)",
         sql,
     )
 
