@@ -16,7 +16,7 @@ from queuetopia_py.job import OUTCOMES, JobState
 from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status
 from queuetopia_py.store.control import row_to_suspension
 from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import summary_columns, summary_from_mapping
+from queuetopia_py.store.jobs import follows, summary_columns, summary_from_mapping
 
 _FAILED = [o for o in OUTCOMES if o is not JobState.CANCELLED]
 
@@ -146,9 +146,9 @@ class Inspection:
         if after is None or after_blocked_since is not None:
             blocked = sa.select(queues).where(mine, queues.c.blocked_since.is_not(None))
             if after is not None:
+                since = sa.literal(after_blocked_since, queues.c.blocked_since.type)
                 blocked = blocked.where(
-                    sa.tuple_(queues.c.blocked_since, queues.c.queue)
-                    > sa.tuple_(sa.literal(after_blocked_since, queues.c.blocked_since.type), after)
+                    follows(queues.c.blocked_since, queues.c.queue, since, after)
                 )
             rows = list(
                 conn.execute(

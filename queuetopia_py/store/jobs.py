@@ -119,6 +119,15 @@ def stored_states(state: str | None, available: bool | None) -> list[JobState]:
     return states
 
 
+def follows(
+    first: sa.ColumnElement[Any], second: sa.ColumnElement[Any], after: Any, then: Any
+) -> sa.ColumnElement[bool]:
+    """Rows after `(after, then)` in the order of `(first, second)` (a keyset page),
+    spelled so that every database seeks to it in an index on those columns (MariaDB
+    does not for a row comparison: it reads what it skips)."""
+    return sa.and_(first >= after, sa.or_(first > after, second > then))
+
+
 def append_intervention(conn: Connection, jobs: sa.Table, job: Job, entry: Intervention) -> Job:
     """Add `entry` to `job`'s interventions (its free text normalised as every text
     column's is). The caller holds the job's queue row lock, and `job` is the row as read
@@ -414,7 +423,7 @@ class JobStore:
         if action is not None:
             stmt = stmt.where(jobs.c.action == action)
         if bound is not None:
-            stmt = stmt.where(sa.tuple_(jobs.c.scheduled_at, jobs.c.id) > sa.tuple_(*bound))
+            stmt = stmt.where(follows(jobs.c.scheduled_at, jobs.c.id, *bound))
         return stmt.order_by(jobs.c.scheduled_at, jobs.c.id).limit(depth)
 
     def count(

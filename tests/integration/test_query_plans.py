@@ -122,6 +122,30 @@ def _whole_reads(conn: sa.Connection, statement: str, parameters: Any) -> list[s
     ]
 
 
+def _rows_read(conn: sa.Connection, statement: str, parameters: Any) -> float:
+    """The rows the statement actually reads from the jobs table (it is run)."""
+    if conn.dialect.name == "postgresql":
+        (plan,) = conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters
+        ).scalar()
+        return sum(
+            node["Actual Rows"] * node["Actual Loops"]
+            for node in _postgresql_scans(plan["Plan"])
+            if node.get("Relation Name") == "queuetopia_jobs"
+        )
+    rows = conn.exec_driver_sql(f"ANALYZE {statement}", parameters).mappings().all()
+    return sum(float(row["r_rows"] or 0) for row in rows if row["table"] == "queuetopia_jobs")
+
+
+def test_a_deep_keyset_page_reads_about_the_page(queue: Queuetopia) -> None:
+    """Page 4,500 of the done jobs (100 a page) through the last job of page 4,499."""
+    before = queue.list_jobs(state="done", limit=1, offset=449_999)[0]
+    sent = _sent(queue.engine, lambda: queue.list_jobs(state="done", limit=100, after=before.id))
+    (statement, parameters) = [(s, p) for s, p in sent if "ORDER BY" in s][-1]
+    with queue.engine.connect() as conn:
+        assert _rows_read(conn, statement, parameters) <= 200
+
+
 def test_the_hot_statements_read_their_rows_by_index(queue: Queuetopia) -> None:
     claims = ClaimStore(queue._db, SCOPE, "planner")
     done = queue.list_jobs(state="done", limit=1, offset=DONE // 2)[0]
