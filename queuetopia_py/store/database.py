@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -234,6 +234,9 @@ class _Call:
     seconds: float
     deadline: float
     fired: bool = False
+    closed: bool = False
+    # Orders the watchdog's shutdown of the socket with the call's closing of it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Watchdog:
@@ -245,6 +248,10 @@ class _Watchdog:
     no timeout of its own. A watched call gets a deadline, pushed back by each statement
     it sends; past it, the connection's socket is shut down, so the driver sees the
     connection closed and the call fails as a lost connection.
+
+    The calls themselves take no shared lock (a statement only moves its call's deadline
+    on): one thread looks at the deadlines a few times a second, a tenth of the shortest
+    limit at the least.
     """
 
     def __init__(self) -> None:
@@ -254,10 +261,10 @@ class _Watchdog:
             os.register_at_fork(after_in_child=self._start)
 
     def _start(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._calls: dict[int, _Call] = {}
         self._thread: threading.Thread | None = None
-        self._wakes_at: float | None = None
+        self._every = 1.0
 
     def adopt(self, engine: Engine, seconds: float) -> None:
         """Watch the calls that `Database` makes on `engine`, `seconds` each."""
@@ -290,48 +297,47 @@ class _Watchdog:
                 ) from exc
             raise
         finally:
-            with self._changed:
-                del self._calls[key]
-            os.close(call.socket_fd)
+            self._calls.pop(key, None)
+            with call.lock:
+                call.closed = True
+                os.close(call.socket_fd)
 
     def heard(self, dbapi_connection: Any) -> None:
         """A new statement is sent on this connection: its call gets its time again."""
-        with self._changed:
-            call = self._calls.get(id(dbapi_connection))
-            if call is not None:
-                call.deadline = time.monotonic() + call.seconds
+        call = self._calls.get(id(dbapi_connection))
+        if call is not None:
+            call.deadline = time.monotonic() + call.seconds
 
     def _arm(self, key: int, dbapi_connection: Any, seconds: float) -> _Call | None:
-        with self._changed:
-            if key in self._calls:
-                return None
-            try:
-                socket_fd = os.dup(dbapi_connection.fileno())
-            except Exception:  # closed or broken: the call fails at once by itself
-                return None
-            call = self._calls[key] = _Call(socket_fd, seconds, time.monotonic() + seconds)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="queuetopia-watchdog", daemon=True
-                )
-                self._thread.start()
-            elif self._wakes_at is None or call.deadline < self._wakes_at:
-                # Calls are mostly armed in deadline order: the thread is rarely woken.
-                self._changed.notify()
-            return call
+        # A connection serves one thread at a time: no other call of it is being armed.
+        if key in self._calls:
+            return None
+        try:
+            socket_fd = os.dup(dbapi_connection.fileno())
+        except Exception:  # closed or broken: the call fails at once by itself
+            return None
+        call = self._calls[key] = _Call(socket_fd, seconds, time.monotonic() + seconds)
+        if self._thread is None or seconds / 10 < self._every:
+            with self._lock:
+                self._every = min(self._every, seconds / 10)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="queuetopia-watchdog", daemon=True
+                    )
+                    self._thread.start()
+        return call
 
     def _run(self) -> None:
-        with self._changed:
-            while True:
-                now = time.monotonic()
-                waiting = [call for call in self._calls.values() if not call.fired]
-                for call in waiting:
-                    if call.deadline <= now:
+        while True:
+            time.sleep(self._every)
+            now = time.monotonic()
+            for call in list(self._calls.values()):
+                if call.deadline > now:
+                    continue
+                with call.lock:
+                    if not call.closed and not call.fired:
                         call.fired = True
                         _shut_down(call.socket_fd)
-                deadlines = [call.deadline for call in waiting if not call.fired]
-                self._wakes_at = min(deadlines, default=None)
-                self._changed.wait(None if self._wakes_at is None else self._wakes_at - now)
 
 
 def _shut_down(socket_fd: int) -> None:

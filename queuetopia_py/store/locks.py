@@ -95,7 +95,11 @@ class LockStore:
             queues.c.queue == sa.bindparam("b_queue", type_=queues.c.queue.type),
             queues.c.token == sa.bindparam("b_token", type_=queues.c.token.type),
         )
-        self._renew = queues.update().where(self._held)
+        self._renew = (
+            queues.update()
+            .where(self._held)
+            .values(locked_until=sa.bindparam("b_until", type_=queues.c.locked_until.type))
+        )
 
     def take(
         self, conn: Connection, job: Job, now: datetime, started: float, token: str
@@ -143,8 +147,8 @@ class LockStore:
                 until = now + lock_lifetime(claim.job.timeout, self.where.lease)
                 return bool(
                     conn.execute(
-                        self._renew.values(locked_until=until),
-                        {"b_queue": claim.job.queue, "b_token": claim.token},
+                        self._renew,
+                        {"b_queue": claim.job.queue, "b_token": claim.token, "b_until": until},
                     ).rowcount
                 )
 

@@ -15,9 +15,9 @@ every writer: no deadlock between them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -99,6 +99,14 @@ class Head:
         }
 
 
+def first_head(*jobs: JobSummary | None) -> Head | None:
+    """The head among pending `jobs` (None ones left out): the first in queue order."""
+    pending = [job for job in jobs if job is not None and job.pending]
+    if not pending:
+        return None
+    return Head.of(min(pending, key=lambda job: (job.scheduled_at, job.id)))
+
+
 #: The head columns of a queue without pending work.
 NO_HEAD: Mapping[str, Any] = {
     "head_id": None,
@@ -124,12 +132,15 @@ _QUEUE_FIELDS = tuple(f.name for f in fields(QueueRow))
 class Locked:
     """What `QueueBook.lock` read under the queue row's lock: the row (None: the queue
     has no pending work nor lock), the database's time, whether the queue (or its
-    scope) is suspended, and the job row asked for (None: none asked, or none)."""
+    scope) is suspended, the job row asked for (None: none asked, or none), and the
+    pending job that follows it."""
 
     row: QueueRow | None
     now: datetime
     suspended: bool
     job: Mapping[Any, Any] | None
+    #: The pending job that follows the one asked for (`lock_with_job`), if any.
+    following: Mapping[str, Any] | None = None
 
 
 def _locked(m: Mapping[Any, Any], *, with_job: bool) -> Locked:
@@ -167,34 +178,57 @@ class QueueBook:
         )
         job_id = sa.bindparam("b_job", type_=jobs.c.id.type)
         summary = [c for c in jobs.c if c.name not in ("params", "result")]
-        self._lock_with_job = (
-            sa.select(*lead, *summary)
-            .select_from(queues.join(jobs, jobs.c.id == job_id))
-            .where(self._key)
-            .with_for_update(of=queues)
+        # The queue's first pending job but job `b_job`: what follows it in the queue.
+        other = jobs.alias("other")
+        following = (
+            sa.select(other.c.id)
+            .where(*self._queue_jobs(other, scope, queue), other.c.id != job_id)
+            .order_by(*queue_order(other))
+            .limit(1)
+            .scalar_subquery()
         )
+        after = jobs.alias("after")
+
+        def same_queue(of: sa.FromClause) -> list[sa.ColumnElement[bool]]:
+            return [of.c.scope == queues.c.scope, of.c.queue == queues.c.queue]
+
+        self._lock_with_job = {
+            whole: (
+                sa.select(
+                    *lead,
+                    *summary,
+                    *(after.c[c.name].label(f"n_{c.name}") for c in (jobs.c if whole else summary)),
+                )
+                .select_from(
+                    queues.join(jobs, sa.and_(jobs.c.id == job_id, *same_queue(jobs))).outerjoin(
+                        after, sa.and_(after.c.id == following, *same_queue(after))
+                    )
+                )
+                .where(self._key)
+                .with_for_update(of=queues)
+            )
+            for whole in (False, True)
+        }
         self._job_alone = sa.select(db.now().label("db_now"), *summary).where(jobs.c.id == job_id)
-        self._update = queues.update().where(self._key)
-        self._delete_empty = queues.delete().where(
-            self._key, queues.c.pending == 0, queues.c.token.is_(None)
+        written = [f for f in _QUEUE_FIELDS if f != "queue"]
+        self._update = (
+            queues.update()
+            .where(self._key)
+            .values({f: sa.bindparam(f"v_{f}", type_=queues.c[f].type) for f in written})
         )
-        ordered = self._queue_jobs(scope, queue)
-        self._head = sa.select(jobs).where(*ordered).order_by(*queue_order(jobs)).limit(1)
+        self._delete = queues.delete().where(self._key)
         self._head_summary = (
             sa.select(jobs.c.id, jobs.c.scheduled_at, jobs.c.next_attempt_at, jobs.c.failing_since)
-            .where(*ordered)
+            .where(*self._queue_jobs(jobs, scope, queue))
             .order_by(*queue_order(jobs))
             .limit(1)
         )
         self._upsert = self._build_upsert()
 
-    def _queue_jobs(self, scope: Any, queue: Any) -> list[sa.ColumnElement[bool]]:
-        jobs = self.jobs
-        return [
-            jobs.c.scope == scope,
-            jobs.c.queue == queue,
-            jobs.c.state == JobState.PENDING,
-        ]
+    @staticmethod
+    def _queue_jobs(jobs: sa.FromClause, scope: Any, queue: Any) -> list[sa.ColumnElement[bool]]:
+        """The pending jobs of the queue."""
+        return [jobs.c.scope == scope, jobs.c.queue == queue, jobs.c.state == JobState.PENDING]
 
     # -- reading under lock --------------------------------------------------------------
 
@@ -212,21 +246,26 @@ class QueueBook:
             return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
         return _locked(found._mapping, with_job=True)
 
-    def lock_with_job(self, conn: Connection, scope: str, queue: str, job_id: int) -> Locked:
-        """`lock`, reading job `job_id` of the queue too (without params and result). A
-        queue without a row gives the job alone, unlocked."""
+    def lock_with_job(
+        self, conn: Connection, scope: str, queue: str, job_id: int, *, whole_next: bool = False
+    ) -> Locked:
+        """`lock`, reading job `job_id` of the queue too (without params and result), and
+        the pending job that follows it in the queue (`Locked.following`; with
+        `whole_next`, its params too). A queue without a row gives the job alone,
+        unlocked."""
         params = {"b_scope": scope, "b_queue": queue, "b_job": job_id}
-        found = conn.execute(self._lock_with_job, params).first()
+        found = conn.execute(self._lock_with_job[whole_next], params).first()
         if found is not None:
-            return _locked(found._mapping, with_job=True)
+            locked = _locked(found._mapping, with_job=True)
+            m = found._mapping
+            if m["n_id"] is None:
+                return locked
+            following = {k[2:]: v for k, v in m.items() if isinstance(k, str) and k[:2] == "n_"}
+            return replace(locked, following=following)
         alone = conn.execute(self._job_alone, params).first()
         if alone is None:
             return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
         return Locked(None, alone.db_now, False, alone._mapping)
-
-    def head(self, conn: Connection, scope: str, queue: str) -> sa.Row[Any] | None:
-        """The queue's head job (the whole row), as the jobs now stand."""
-        return conn.execute(self._head, {"b_scope": scope, "b_queue": queue}).first()
 
     def head_of(self, conn: Connection, scope: str, queue: str) -> Head | None:
         """What the queues table keeps of the queue's head, as the jobs now stand."""
@@ -242,9 +281,9 @@ class QueueBook:
         merged.update(values)
         params = {"b_scope": scope, "b_queue": row.queue}
         if merged["pending"] == 0 and merged["token"] is None:
-            conn.execute(self.queues.delete().where(self._key), params)
+            conn.execute(self._delete, params)
             return
-        conn.execute(self._update.values(**merged), params)
+        conn.execute(self._update, {**params, **{f"v_{f}": v for f, v in merged.items()}})
 
     def sync(
         self,
@@ -253,11 +292,14 @@ class QueueBook:
         row: QueueRow,
         *,
         pending_change: int = 0,
+        head: Head | Literal["read"] | None = "read",
         **values: Any,
     ) -> None:
-        """Write the locked row `row` after its jobs changed: its head as the jobs now
-        stand, its pending count changed by `pending_change`, and `values` (its lock)."""
-        head = self.head_of(conn, scope, row.queue)
+        """Write the locked row `row` after its jobs changed: its head (`head`, or as the
+        jobs now stand), its pending count changed by `pending_change`, and `values` (its
+        lock)."""
+        if head == "read":
+            head = self.head_of(conn, scope, row.queue)
         columns = NO_HEAD if head is None else head.columns()
         self.write(conn, scope, row, pending=row.pending + pending_change, **columns, **values)
 

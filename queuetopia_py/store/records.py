@@ -31,11 +31,12 @@ from queuetopia_py.job import (
 from queuetopia_py.store.jobs import (
     JobStore,
     append_intervention,
+    job_from_mapping,
     row_to_job,
     summary_from_mapping,
 )
 from queuetopia_py.store.locks import Claim, Interrupted, LockStore, NotDue, new_token
-from queuetopia_py.store.queues import NO_HEAD, UNLOCKED, Head, NodeScope, QueueBook, QueueRow
+from queuetopia_py.store.queues import UNLOCKED, Head, NodeScope, QueueBook, QueueRow, first_head
 
 # How long recording an attempt's outcome is retried through a database outage: the
 # outcome is kept if the database comes back meanwhile (fencing keeps a late record from
@@ -98,6 +99,32 @@ class RecordStore:
             )
         )
         self._by_id = sa.select(jobs).where(jobs.c.id == sa.bindparam("b_job_id"))
+        job_id = sa.bindparam("b_job_id", type_=jobs.c.id.type)
+        error = sa.bindparam("b_error", type_=jobs.c.error.type)
+        self._set_error = jobs.update().where(jobs.c.id == job_id).values(error=error)
+        since = sa.bindparam("b_since", type_=jobs.c.failing_since.type)
+        self._failed = (
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(
+                error=error,
+                next_attempt_at=sa.bindparam(
+                    "b_next_attempt_at", type_=jobs.c.next_attempt_at.type
+                ),
+                failing_since=since,
+            )
+        )
+        self._exhausted = (
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(
+                error=error,
+                next_attempt_at=None,
+                failing_since=since,
+                state=sa.bindparam("b_state", type_=jobs.c.state.type),
+                ended_at=sa.bindparam("b_ended_at", type_=jobs.c.ended_at.type),
+            )
+        )
 
     # -- successes -------------------------------------------------------------------------
 
@@ -135,7 +162,9 @@ class RecordStore:
             started = time.monotonic()
             first.append(started)
             with where.db.transaction() as conn:
-                locked = book.lock_with_job(conn, where.scope, job.queue, job.id)
+                locked = book.lock_with_job(
+                    conn, where.scope, job.queue, job.id, whole_next=claim_next
+                )
                 if locked.job is None or locked.job["claim_token"] != claim.token:
                     return None, None  # claimed again since (or deleted)
                 stored = summary_from_mapping(locked.job)
@@ -155,30 +184,35 @@ class RecordStore:
                 gone = 1 if stored.pending else 0
                 if row is None:
                     return done, None
+                # The job left the queue: what followed it is the head now.
+                after = locked.following
+                head = None if after is None else Head.of(summary_from_mapping(after))
                 if not row.held_by(claim.token):  # the lock expired and went to another
-                    book.sync(conn, where.scope, row, pending_change=-gone)
+                    book.sync(conn, where.scope, row, pending_change=-gone, head=head)
                     return done, None
-                if not claim_next or locked.suspended:
-                    book.sync(conn, where.scope, row, pending_change=-gone, **UNLOCKED)
+                if not claim_next or locked.suspended or after is None:
+                    book.sync(conn, where.scope, row, pending_change=-gone, head=head, **UNLOCKED)
                     return done, None
+                left = replace(row, pending=row.pending - gone)
                 following = self._pass(
-                    conn, replace(row, pending=row.pending - gone), locked.now, started, passing
+                    conn, left, job_from_mapping(after), locked.now, started, passing
                 )
                 return done, following
 
         return where.db.retrying(run, max_seconds=RECORD_PATIENCE)
 
     def _pass(
-        self, conn: Connection, row: QueueRow, now: datetime, started: float, token: str
+        self,
+        conn: Connection,
+        row: QueueRow,
+        head: Job,
+        now: datetime,
+        started: float,
+        token: str,
     ) -> Following:
-        """Pass the held lock of the queue `row` to its next job, if it is due (with the
+        """Pass the held lock of the queue `row` to its head `head` if it is due (with the
         claim `token`); else release it."""
         scope = self.where.scope
-        found = self.book.head(conn, scope, row.queue)
-        if found is None:
-            self.book.write(conn, scope, row, **NO_HEAD, **UNLOCKED)
-            return None
-        head = row_to_job(found)
         if not is_due(head.next_attempt_at, now):
             self.book.write(conn, scope, row, **Head.of(head).columns(), **UNLOCKED)
             waits = head.next_attempt_at
@@ -200,7 +234,7 @@ class RecordStore:
         mode. A job an operator ended meanwhile (aborted) keeps its outcome and gets the
         error. Returns None if the claim was lost to another node.
         """
-        where, book, jobs = self.where, self.book, self.jobs
+        where, book = self.where, self.book
 
         def run() -> Recorded | None:
             with where.db.transaction() as conn:
@@ -214,7 +248,7 @@ class RecordStore:
                 since = job.failing_since or job.attempted_at
                 moved: Job | None = None
                 if job.outcome is not None:  # ended during the attempt (or by this record)
-                    conn.execute(jobs.update().where(jobs.c.id == job.id).values(error=error))
+                    conn.execute(self._set_error, {"b_job_id": job.id, "b_error": error})
                     job = replace(job, error=error)
                 elif next_attempt_at is None:
                     recorded = self.exhaust(
@@ -223,9 +257,13 @@ class RecordStore:
                     job, moved = recorded.job, recorded.moved_to
                 else:
                     conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job.id)
-                        .values(error=error, next_attempt_at=next_attempt_at, failing_since=since)
+                        self._failed,
+                        {
+                            "b_job_id": job.id,
+                            "b_error": error,
+                            "b_next_attempt_at": next_attempt_at,
+                            "b_since": since,
+                        },
                     )
                     job = replace(
                         job, error=error, next_attempt_at=next_attempt_at, failing_since=since
@@ -234,8 +272,15 @@ class RecordStore:
                 if row is not None:
                     held = row.held_by(claim.token) and not keep_lock
                     gone = 1 if stored.pending and not job.pending else 0
+                    following = locked.following
+                    after = None if following is None else summary_from_mapping(following)
                     book.sync(
-                        conn, where.scope, row, pending_change=-gone, **(UNLOCKED if held else {})
+                        conn,
+                        where.scope,
+                        row,
+                        pending_change=-gone,
+                        head=first_head(job, after),
+                        **(UNLOCKED if held else {}),
                     )
             return Recorded(job, moved)
 
@@ -254,14 +299,12 @@ class RecordStore:
         """Apply `job`'s failure mode: it has used its attempts and failed with `error`.
         The caller holds the lock of the job's queue row and syncs it afterwards."""
         jobs = self.jobs
-        values: dict[str, Any] = {
-            "error": error,
-            "next_attempt_at": None,
-            "failing_since": job.failing_since,
-        }
+        # Given up or moved: the job leaves its queue. Blocked: it stays its queue's
+        # head, with no next attempt, until an operator acts.
+        state, ended_at = JobState.PENDING, None
         moved: Job | None = None
         if job.on_failure is OnFailure.GIVE_UP:
-            values.update(state=JobState.GIVEN_UP, ended_at=now)
+            state, ended_at = JobState.GIVEN_UP, now
         elif job.on_failure is OnFailure.MOVE_TO:
             assert job.dead_letter_queue is not None
             target = job.dead_letter_queue
@@ -293,19 +336,20 @@ class RecordStore:
                 "dead_letter", node, now, f"moved to queue {target!r} as job {moved.id}"
             )
             job = append_intervention(conn, jobs, job, note)
-            values.update(state=JobState.DEAD_LETTERED, ended_at=now)
-        # (OnFailure.BLOCK: it stays its queue's head, with no next attempt, until an
-        # operator acts.)
-        conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
-        state = values.get("state")
+            state, ended_at = JobState.DEAD_LETTERED, now
+        conn.execute(
+            self._exhausted,
+            {
+                "b_job_id": job.id,
+                "b_error": error,
+                "b_since": job.failing_since,
+                "b_state": state,
+                "b_ended_at": ended_at,
+            },
+        )
+        outcome = None if state is JobState.PENDING else state
         return Recorded(
-            replace(
-                job,
-                error=error,
-                next_attempt_at=None,
-                outcome=state,
-                ended_at=values.get("ended_at"),
-            ),
+            replace(job, error=error, next_attempt_at=None, outcome=outcome, ended_at=ended_at),
             moved,
         )
 
