@@ -53,7 +53,7 @@ from status import Dialect, analyze, explain, fill_queues, insert_pending, p95
 from workerio import Stopwatch
 
 from queuetopia_py import Job, Queuetopia
-from queuetopia_py.schema import build_tables
+from queuetopia_py._schema import build_tables
 
 #: Queues a poll lists: the scheduler asks for its free runners (10) + 1,000.
 POLL_LIMIT = 1_010
@@ -113,11 +113,11 @@ def scheduler_reads(ops: Queuetopia) -> dict[str, Read]:
 
     INTERNAL HOOK, the only place this script reaches inside the engine: today they are
     `ClaimStore(db, scope, node).poll(limit)` and `.claim(queue)`
-    (queuetopia_py/store/claims.py), and `.locks.give_back(claim)` (store/locks.py).
+    (queuetopia_py/_store/claims.py), and `.locks.give_back(claim)` (_store/locks.py).
     Re-point them here when the engine changes.
     """
-    from queuetopia_py.store.claims import ClaimStore
-    from queuetopia_py.store.locks import Claim
+    from queuetopia_py._store.claims import ClaimStore
+    from queuetopia_py._store.locks import Claim
 
     claims = ClaimStore(ops._db, ops.scope, "history-bench")
 

@@ -27,8 +27,8 @@ from benchdb import fresh_database
 
 import queuetopia_py
 from queuetopia_py import Queuetopia, migrate
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Claim
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Claim
 
 
 def one_round(backend: str, jobs: int) -> tuple[float, float, float, float]:

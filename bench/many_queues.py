@@ -63,11 +63,11 @@ def time_polls(durations: list[float]) -> None:
     `durations`.
 
     INTERNAL HOOK, the only place this script reaches inside the engine: today the poll
-    is `ClaimStore.poll(limit)` (queuetopia_py/store/claims.py: one read of the queues
+    is `ClaimStore.poll(limit)` (queuetopia_py/_store/claims.py: one read of the queues
     table), called by `Scheduler._poll` (scheduler.py). Re-point this wrapper when the
     engine changes.
     """
-    from queuetopia_py.store.claims import ClaimStore, PollResult
+    from queuetopia_py._store.claims import ClaimStore, PollResult
 
     poll = ClaimStore.poll
 

@@ -108,7 +108,7 @@ def fill_history(url: str, backend: str, rows: int, queues: int) -> float:
     # status.py owns the bulk loader (INSERT ... SELECT over a generated series).
     from status import Dialect, insert_series, job_values
 
-    from queuetopia_py.schema import build_tables
+    from queuetopia_py._schema import build_tables
 
     watch = Stopwatch()
     jobs = build_tables().jobs

@@ -55,9 +55,9 @@ from benchdb import fresh_database
 from sqlalchemy import event
 
 from queuetopia_py import Queuetopia, defaults, migrate
+from queuetopia_py._schema import Tables, build_tables
+from queuetopia_py._store.database import create_engine
 from queuetopia_py.migrations.v003_queues import queues_backfill
-from queuetopia_py.schema import Tables, build_tables
-from queuetopia_py.store.database import create_engine
 
 SCOPE = "bench"
 OTHER_SCOPES = ("billing", "reports")

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import ConfigurationError, DatabaseError
-from queuetopia_py.schema import check_prefix
+from queuetopia_py._errors import ConfigurationError, DatabaseError
+from queuetopia_py._schema import check_prefix
 
 if TYPE_CHECKING:  # alembic loads only when migrating: worker processes stay light
     from alembic.operations import Operations
@@ -152,7 +152,7 @@ def migrate(
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
-    from queuetopia_py.store.database import create_engine, translate
+    from queuetopia_py._store.database import create_engine, translate
 
     check_prefix(prefix)
     # The engine made from a URL bounds no statement: a migration may take long.

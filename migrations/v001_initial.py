@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from queuetopia_py.schema import UtcDateTime, id_type, name_type, table_options
+from queuetopia_py._schema import UtcDateTime, id_type, name_type, table_options
 
 if TYPE_CHECKING:
     from alembic.operations import Operations

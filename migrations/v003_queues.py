@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from queuetopia_py import defaults
-from queuetopia_py.schema import UtcDateTime, id_type, name_type, table_options
+from queuetopia_py._schema import UtcDateTime, id_type, name_type, table_options
 
 if TYPE_CHECKING:
     from alembic.operations import Operations

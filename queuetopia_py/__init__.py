@@ -4,7 +4,7 @@ Jobs live in one SQL table; each queue runs strictly in order, one job at a time
 failing head job blocks its queue while it is retried with a capped exponential backoff.
 """
 
-from queuetopia_py.errors import (
+from queuetopia_py._errors import (
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -21,8 +21,7 @@ from queuetopia_py.errors import (
     SchemaMissingError,
     WaitTimeoutError,
 )
-from queuetopia_py.events import Event, EventKind, Subscription
-from queuetopia_py.job import (
+from queuetopia_py._job import (
     Intervention,
     Job,
     JobState,
@@ -32,12 +31,13 @@ from queuetopia_py.job import (
     Page,
     Progress,
 )
+from queuetopia_py._options import Options
+from queuetopia_py._performer import Performer
+from queuetopia_py._progress import report_progress
+from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status, Suspension
+from queuetopia_py.events import Event, EventKind, Subscription
 from queuetopia_py.migrations import migrate
-from queuetopia_py.options import Options
-from queuetopia_py.performer import Performer
-from queuetopia_py.progress import report_progress
-from queuetopia_py.queuetopia import Queuetopia
-from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status, Suspension
 
 __all__ = [
     "ConfigurationError",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from queuetopia_py.job import Job
+from queuetopia_py._job import Job
 
 logger = logging.getLogger("queuetopia_py.events")
 

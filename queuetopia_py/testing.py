@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from queuetopia_py.attempts import AttemptRunner
-from queuetopia_py.errors import ConfigurationError
-from queuetopia_py.execution import InlineExecutor
-from queuetopia_py.job import Job
-from queuetopia_py.performer import Performer
-from queuetopia_py.queuetopia import Queuetopia
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Claim, Interrupted
+from queuetopia_py._attempts import AttemptRunner
+from queuetopia_py._errors import ConfigurationError
+from queuetopia_py._execution import InlineExecutor
+from queuetopia_py._job import Job
+from queuetopia_py._performer import Performer
+from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Claim, Interrupted
 
 _UNSET: Any = object()
 

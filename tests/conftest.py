@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from queue_rows import inconsistencies
 
 from queuetopia_py import Queuetopia, migrate
-from queuetopia_py.schema import build_tables
-from queuetopia_py.store.database import create_engine
+from queuetopia_py._schema import build_tables
+from queuetopia_py._store.database import create_engine
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 ADMIN_URLS = {

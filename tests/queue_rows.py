@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from queuetopia_py.schema import Tables
+from queuetopia_py._schema import Tables
 
 Key = tuple[str, str]
 

@@ -9,8 +9,8 @@ from alembic import command
 from alembic.config import Config
 
 from queuetopia_py import Queuetopia
+from queuetopia_py._store.database import create_engine
 from queuetopia_py.migrations import LATEST, current_version
-from queuetopia_py.store.database import create_engine
 
 ENV_PY = """
 from alembic import context

@@ -17,7 +17,7 @@ from queue_rows import resync
 from recording import Recorder, wait_until
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.store.cleaner import CLEANER_LOCK, Cleaner
+from queuetopia_py._store.cleaner import CLEANER_LOCK, Cleaner
 
 
 def add_done_jobs(queue: Queuetopia, count: int, *, days_ago: float = 8) -> list[int]:

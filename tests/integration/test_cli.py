@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from queuetopia_py import Queuetopia, demo
-from queuetopia_py.cli import cli
+from queuetopia_py import Queuetopia
+from queuetopia_py import _demo as demo
+from queuetopia_py._cli import cli
 from queuetopia_py.migrations import LATEST
 
 WORKER_MODULE = """
@@ -31,7 +32,7 @@ class SleepyPerformer(Performer):
 class CliWorkerQueue(Queuetopia, performer=SleepyPerformer, scope="cli-worker-test"):
     pass
 """
-CLI = [sys.executable, "-m", "queuetopia_py.cli"]
+CLI = [sys.executable, "-m", "queuetopia_py._cli"]
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

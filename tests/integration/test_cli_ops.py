@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from queuetopia_py import Job, Performer, Queuetopia, migrate, report_progress
-from queuetopia_py.cli import cli
+from queuetopia_py._cli import cli
 from queuetopia_py.migrations import LATEST
 
 SCOPE = "cli-ops"

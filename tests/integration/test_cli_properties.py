@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from test_input_properties import EXAMPLES, _is_json, json_objects, odd_values
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.cli import cli
-from queuetopia_py.job import MAX_DURATION
+from queuetopia_py._cli import cli
+from queuetopia_py._job import MAX_DURATION
 
 SCOPE = "cli-props"
 

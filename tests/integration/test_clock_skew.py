@@ -17,8 +17,8 @@ from freezegun import freeze_time
 from recording import Recorder, wait_until
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.store.claims import ClaimStore, PollResult
-from queuetopia_py.store.locks import Claim
+from queuetopia_py._store.claims import ClaimStore, PollResult
+from queuetopia_py._store.locks import Claim
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)

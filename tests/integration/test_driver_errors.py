@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from queuetopia_py import DatabaseError, DatabaseUnavailableError
-from queuetopia_py.store.database import Database, create_engine
+from queuetopia_py._store.database import Database, create_engine
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 from recording import Recorder, wait_until
 
 from queuetopia_py import Job, Performer, Queuetopia
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.records import RecordStore
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.records import RecordStore
 
 SCOPE = "exits-test"
 WORKER_MODULE = f"""
@@ -41,7 +41,7 @@ class ExitsQueue(Queuetopia, performer=FileLogPerformer, scope={SCOPE!r}, lock_l
 """
 
 
-WORKER = [sys.executable, "-m", "queuetopia_py.cli", "worker", "exits_jobs:ExitsQueue"]
+WORKER = [sys.executable, "-m", "queuetopia_py._cli", "worker", "exits_jobs:ExitsQueue"]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from recording import Recorder, wait_until
 
 from queuetopia_py import Job, Performer, report_progress
-from queuetopia_py.schema import MAX_TEXT_BYTES, normalize_text
+from queuetopia_py._schema import MAX_TEXT_BYTES, normalize_text
 
 
 class NulError(Exception):

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from recording import Recorder, wait_until
 
 from queuetopia_py import Job, Queuetopia
-from queuetopia_py.cli import cli
+from queuetopia_py._cli import cli
 
 EVIL = "'; DROP TABLE x; --"
 # Quotes, comments, statement ends, placeholders of every driver style, LIKE wildcards.

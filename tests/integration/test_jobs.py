@@ -9,7 +9,7 @@ from queue_rows import resync
 from recording import Recorder, wait_until
 
 from queuetopia_py import InvalidJobError, Queuetopia, defaults
-from queuetopia_py.store.database import create_engine
+from queuetopia_py._store.database import create_engine
 
 
 class MailQueue(Queuetopia):

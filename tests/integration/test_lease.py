@@ -16,10 +16,10 @@ import pytest
 from recording import Recorder, wait_until
 
 from queuetopia_py import ConfigurationError, DatabaseError, Job, Performer, Queuetopia
-from queuetopia_py.backoff import lock_lifetime, needs_renewal
-from queuetopia_py.lease import LeaseKeeper
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Busy, Claim, LockStore
+from queuetopia_py._backoff import lock_lifetime, needs_renewal
+from queuetopia_py._lease import LeaseKeeper
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Busy, Claim, LockStore
 
 LEASE = timedelta(seconds=1.5)
 

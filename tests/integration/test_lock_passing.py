@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from recording import wait_until
 
 from queuetopia_py import DatabaseUnavailableError, Job, Performer, Queuetopia
-from queuetopia_py.backoff import default_backoff, lock_lifetime
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.database import Database
-from queuetopia_py.store.locks import Claim, Interrupted, NotDue
+from queuetopia_py._backoff import default_backoff, lock_lifetime
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.database import Database
+from queuetopia_py._store.locks import Claim, Interrupted, NotDue
 
 
 def _claims(queue: Queuetopia, node: str = "node-a") -> ClaimStore:

@@ -14,8 +14,8 @@ from freezegun import freeze_time
 from recording import wait_until
 
 from queuetopia_py import Job, Performer, Queuetopia
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Busy, Claim, NotDue
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Busy, Claim, NotDue
 
 
 def _claims(queue: Queuetopia, node: str) -> ClaimStore:

@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from queue_rows import inconsistencies
 
 from queuetopia_py import Performer, Queuetopia, SchemaMissingError, migrate
+from queuetopia_py._schema import build_tables
+from queuetopia_py._store.database import create_engine
 from queuetopia_py.migrations import LATEST
-from queuetopia_py.schema import build_tables
-from queuetopia_py.store.database import create_engine
 
 
 def _describe(engine: sa.Engine, prefix: str) -> dict[str, object]:

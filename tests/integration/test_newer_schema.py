@@ -13,9 +13,9 @@ from alembic.operations import Operations
 from click.testing import CliRunner
 
 from queuetopia_py import DatabaseError, Queuetopia, migrate
-from queuetopia_py.cli import cli
+from queuetopia_py._cli import cli
+from queuetopia_py._store.database import create_engine
 from queuetopia_py.migrations import LATEST, down, up
-from queuetopia_py.store.database import create_engine
 
 NEWER = LATEST + 1
 REFUSAL = (

@@ -13,7 +13,7 @@ import pytest
 from recording import Recorder, wait_until
 
 from queuetopia_py import DatabaseUnavailableError, Job, Performer, report_progress
-from queuetopia_py.store.records import RecordStore
+from queuetopia_py._store.records import RecordStore
 
 # How long a worker process's attempt waits for the test's release file at most.
 _RELEASE_LIMIT = 60.0

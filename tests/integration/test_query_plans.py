@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from queuetopia_py import Queuetopia
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Claim
 from queuetopia_py.migrations.v003_queues import queues_backfill
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Claim
 
 pytestmark = [
     pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True),

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from queuetopia_py import Queuetopia
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Claim
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Claim
 
 
 def _kill_pinned_connection(queue: Queuetopia) -> None:

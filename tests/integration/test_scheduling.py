@@ -11,8 +11,9 @@ import pytest
 from recording import Recorder, wait_until
 from sqlalchemy import event
 
-from queuetopia_py import Job, Performer, Queuetopia, scheduler
-from queuetopia_py.store.database import create_engine
+from queuetopia_py import Job, Performer, Queuetopia
+from queuetopia_py import _scheduler as scheduler
+from queuetopia_py._store.database import create_engine
 
 
 class MailQueue(Queuetopia):
@@ -409,7 +410,7 @@ def test_time_spent_waiting_to_claim_does_not_count_against_the_attempt(
 ) -> None:
     """A claim delayed past the job's timeout (a busy database: SQLite's write lock,
     a slow connection) must not make a quick attempt count as timed out."""
-    from queuetopia_py.store.claims import ClaimStore
+    from queuetopia_py._store.claims import ClaimStore
 
     original = ClaimStore.claim
 

@@ -12,8 +12,8 @@ import pytest
 from proxy import SilentableProxy
 
 from queuetopia_py import DatabaseUnavailableError, Queuetopia
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Claim
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Claim
 
 # Long enough to tell "fails after the bounds" (a few seconds, plus a connection
 # attempt's 10 s) from "hangs" (minutes).

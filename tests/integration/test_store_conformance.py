@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from queuetopia_py import MoveTo, Queuetopia
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.locks import Busy, Claim, Interrupted, NotDue
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.locks import Busy, Claim, Interrupted, NotDue
 
 Trace = list[tuple[Any, ...]]
 

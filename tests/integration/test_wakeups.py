@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 from recording import Recorder, wait_until
 
-from queuetopia_py import Job, Performer, Queuetopia, listener
-from queuetopia_py.store.announcements import Announcement, channel
+from queuetopia_py import Job, Performer, Queuetopia
+from queuetopia_py import _listener as listener
+from queuetopia_py._store.announcements import Announcement, channel
 
 SLOW_POLL = 60.0
 

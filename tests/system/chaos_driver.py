@@ -31,7 +31,7 @@ from history import Attempt, attempts_of, check_history
 from servers import PrivateDatabase, PrivateServer
 
 from queuetopia_py import Queuetopia, migrate
-from queuetopia_py.errors import DatabaseError
+from queuetopia_py._errors import DatabaseError
 
 T = TypeVar("T")
 Target = PrivateServer | PrivateDatabase

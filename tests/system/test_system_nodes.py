@@ -17,7 +17,7 @@ from cluster import Cluster, Node, process_gone
 from history import Attempt, attempts_of, check_history
 
 from queuetopia_py import Job
-from queuetopia_py.schema import build_tables
+from queuetopia_py._schema import build_tables
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 

@@ -24,7 +24,7 @@ from history import attempts_of, read_events
 from node import LOG_ENV, NODE_ENV, HistoryPerformer
 
 from queuetopia_py import Job, Performer, report_progress
-from queuetopia_py.execution import Outcome, ProcessExecutor
+from queuetopia_py._execution import Outcome, ProcessExecutor
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
@@ -104,7 +104,7 @@ def test_a_worker_process_still_booting_when_its_node_is_killed_never_runs_the_j
         sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]
         from test_system_process_workers import make_job
         from node import HistoryPerformer
-        from queuetopia_py.execution import ProcessExecutor
+        from queuetopia_py._execution import ProcessExecutor
 
         executor = ProcessExecutor(HistoryPerformer)
         # timeout 0.5 s: the queue's lock would live 1.5 s; the attempt works 2.5 s.

@@ -4,8 +4,8 @@ import pytest
 from factories import make_job
 from freezegun import freeze_time
 
-from queuetopia_py.backoff import default_backoff, is_due, lock_lifetime, next_attempt_at
-from queuetopia_py.performer import Performer
+from queuetopia_py._backoff import default_backoff, is_due, lock_lifetime, next_attempt_at
+from queuetopia_py._performer import Performer
 
 DAY = timedelta(hours=24)
 

@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner, Result
 from factories import make_job
 
-from queuetopia_py import Job, Page, Queuetopia, cli_tables
-from queuetopia_py.cli import cli, load_queue_class
-from queuetopia_py.demo import DemoPerformer
+from queuetopia_py import Job, Page, Queuetopia
+from queuetopia_py import _cli_tables as cli_tables
+from queuetopia_py._cli import cli, load_queue_class
+from queuetopia_py._demo import DemoPerformer
 
 QUEUE_MODULE = """
 from queuetopia_py import Performer, Queuetopia

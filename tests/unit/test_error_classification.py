@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from queuetopia_py import DatabaseError, DatabaseUnavailableError
-from queuetopia_py.store.database import create_engine, is_transient, translate
+from queuetopia_py._store.database import create_engine, is_transient, translate
 
 URLS = {
     "psycopg": "postgresql+psycopg://postgres@127.0.0.1:{port}/x",

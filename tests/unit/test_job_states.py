@@ -8,7 +8,7 @@ import pytest
 from factories import make_job
 
 from queuetopia_py import InvalidJobError, JobState, MoveTo, OnFailure
-from queuetopia_py.job import Intervention, to_on_failure
+from queuetopia_py._job import Intervention, to_on_failure
 
 NOW = datetime.now(UTC)
 

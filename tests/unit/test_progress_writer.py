@@ -11,7 +11,7 @@ import pytest
 from factories import make_job
 
 from queuetopia_py import DatabaseUnavailableError, Job
-from queuetopia_py.progress import ProgressWriter
+from queuetopia_py._progress import ProgressWriter
 
 Report = tuple[str | None, float | None]
 

@@ -24,11 +24,11 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 import queuetopia_py
 from queuetopia_py import Queuetopia, migrate
-from queuetopia_py.errors import ConfigurationError, InvalidJobError
-from queuetopia_py.job import to_params, to_result
-from queuetopia_py.schema import build_tables, check_prefix
-from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import JobStore
+from queuetopia_py._errors import ConfigurationError, InvalidJobError
+from queuetopia_py._job import to_params, to_result
+from queuetopia_py._schema import build_tables, check_prefix
+from queuetopia_py._store.database import Database
+from queuetopia_py._store.jobs import JobStore
 
 PACKAGE = Path(queuetopia_py.__file__).parent
 EVIL = "'; DROP TABLE x; --"
@@ -39,8 +39,8 @@ RISKY_BUILTINS = {"eval", "exec", "compile", "__import__"}
 # Where the package may use them, and why.
 ALLOWED = {
     # `queuetopia worker MODULE:CLASS` imports the class named on the command line.
-    ("cli.py", "importlib"),
-    ("cli.py", "import_module"),
+    ("_cli.py", "importlib"),
+    ("_cli.py", "import_module"),
 }
 
 
@@ -71,7 +71,7 @@ def test_only_the_cli_imports_by_name_and_nothing_uses_pickle_or_eval() -> None:
 
 
 def test_the_cli_imports_only_the_class_named_by_the_worker_argument() -> None:
-    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    tree = ast.parse((PACKAGE / "_cli.py").read_text())
     callers = {
         function.name
         for function in ast.walk(tree)
@@ -83,7 +83,7 @@ def test_the_cli_imports_only_the_class_named_by_the_worker_argument() -> None:
     }
     # import_module in load_queue_class, called by the callback of worker's argument.
     assert callers == {"load_queue_class", "_queue_class_callback"}
-    from queuetopia_py.cli import worker_command
+    from queuetopia_py._cli import worker_command
 
     (argument,) = [p for p in worker_command.params if p.name == "queue_class"]
     assert argument.callback is not None

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from queuetopia_py import InvalidJobError
-from queuetopia_py.job import validate_new_job
+from queuetopia_py._job import validate_new_job
 
 GOOD = {"timeout": 60, "max_backoff": 60, "max_attempts": 20, "scheduled_at": None}
 

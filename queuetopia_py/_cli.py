@@ -42,7 +42,7 @@ import click
 import sqlalchemy as sa
 
 from queuetopia_py import defaults
-from queuetopia_py.cli_tables import (
+from queuetopia_py._cli_tables import (
     after_footer,
     dumps,
     fmt_duration,
@@ -57,7 +57,7 @@ from queuetopia_py.cli_tables import (
     render_jobs_page,
     render_queues,
 )
-from queuetopia_py.errors import (
+from queuetopia_py._errors import (
     ConfigurationError,
     DatabaseError,
     JobNotFoundError,
@@ -65,12 +65,12 @@ from queuetopia_py.errors import (
     QueuetopiaError,
     SchemaMissingError,
 )
-from queuetopia_py.job import MAX_DURATION, STORED_STATES, Job, Page
+from queuetopia_py._job import MAX_DURATION, STORED_STATES, Job, Page
+from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._store.database import translate
 from queuetopia_py.migrations import LATEST, current_version, migrate
-from queuetopia_py.queuetopia import Queuetopia
-from queuetopia_py.store.database import translate
 
-# Named explicitly: under `python -m queuetopia_py.cli`, __name__ is "__main__".
+# Named explicitly: under `python -m queuetopia_py._cli`, __name__ is "__main__".
 logger = logging.getLogger("queuetopia_py.cli")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -368,7 +368,7 @@ def demo_command(path: str | None, log_level: str) -> None:
 
     Prints one line per attempt, then a summary. Takes a few seconds.
     """
-    from queuetopia_py.demo import run_demo
+    from queuetopia_py._demo import run_demo
 
     # The demo prints each failure itself; the library's warnings would repeat them.
     configure_logging(log_level)

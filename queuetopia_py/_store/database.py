@@ -37,15 +37,15 @@ from tenacity import (
     wait_random,
 )
 
-from queuetopia_py.errors import (
+from queuetopia_py._errors import (
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailableError,
     SchemaMissingError,
 )
-from queuetopia_py.schema import Tables, UtcDateTime, build_tables
+from queuetopia_py._schema import Tables, UtcDateTime, build_tables
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py._store.database")
 T = TypeVar("T")
 
 # Drivers used when a URL names only the database ("postgresql://", "mysql://").

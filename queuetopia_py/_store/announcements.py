@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from queuetopia_py.schema import Tables
+from queuetopia_py._schema import Tables
 
 #: Beyond this many queues in one transaction, one announcement stands for the scope.
 MAX_QUEUES_ANNOUNCED = 100

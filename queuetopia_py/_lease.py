@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from queuetopia_py import defaults
-from queuetopia_py.backoff import lock_lifetime, needs_renewal
-from queuetopia_py.store.locks import Claim, LockStore
+from queuetopia_py._backoff import lock_lifetime, needs_renewal
+from queuetopia_py._store.locks import Claim, LockStore
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.lease")
 
 # After a failed renewal (database unreachable), try again after a quarter of the period,
 # at most this long.

@@ -12,11 +12,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from queuetopia_py.job import OUTCOMES, JobState
-from queuetopia_py.status import Lock, QueueStatus, RunningAttempt, Status
-from queuetopia_py.store.control import row_to_suspension
-from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import follows, summary_columns, summary_from_mapping
+from queuetopia_py._job import OUTCOMES, JobState
+from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status
+from queuetopia_py._store.control import row_to_suspension
+from queuetopia_py._store.database import Database
+from queuetopia_py._store.jobs import follows, summary_columns, summary_from_mapping
 
 _FAILED = [o for o in OUTCOMES if o is not JobState.CANCELLED]
 

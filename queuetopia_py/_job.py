@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import InvalidJobError
+from queuetopia_py._errors import InvalidJobError
 
 #: What a duration option accepts: seconds or a `timedelta`.
 Duration = int | float | timedelta

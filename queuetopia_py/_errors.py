@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from queuetopia_py.job import Job, JobSummary
+    from queuetopia_py._job import Job, JobSummary
 
 
 class QueuetopiaError(Exception):

@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from queuetopia_py.backoff import is_due
-from queuetopia_py.job import (
+from queuetopia_py._backoff import is_due
+from queuetopia_py._job import (
     Intervention,
     Job,
     JobState,
@@ -28,15 +28,15 @@ from queuetopia_py.job import (
     NewJob,
     OnFailure,
 )
-from queuetopia_py.store.jobs import (
+from queuetopia_py._store.jobs import (
     JobStore,
     append_intervention,
     job_from_mapping,
     row_to_job,
     summary_from_mapping,
 )
-from queuetopia_py.store.locks import Claim, Interrupted, LockStore, NotDue, new_token
-from queuetopia_py.store.queues import UNLOCKED, Head, NodeScope, QueueBook, QueueRow, first_head
+from queuetopia_py._store.locks import Claim, Interrupted, LockStore, NotDue, new_token
+from queuetopia_py._store.queues import UNLOCKED, Head, NodeScope, QueueBook, QueueRow, first_head
 
 # How long recording an attempt's outcome is retried through a database outage: the
 # outcome is kept if the database comes back meanwhile (fencing keeps a late record from

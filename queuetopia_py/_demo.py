@@ -17,10 +17,10 @@ from pathlib import Path
 
 import click
 
-from queuetopia_py.job import Job
+from queuetopia_py._job import Job
+from queuetopia_py._performer import Performer
+from queuetopia_py._queuetopia import Queuetopia
 from queuetopia_py.migrations import migrate
-from queuetopia_py.performer import Performer
-from queuetopia_py.queuetopia import Queuetopia
 
 #: How long one demo attempt takes.
 ATTEMPT_SECONDS = 0.25

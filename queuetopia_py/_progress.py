@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from queuetopia_py.errors import InvalidJobError
-from queuetopia_py.job import Job
+from queuetopia_py._errors import InvalidJobError
+from queuetopia_py._job import Job
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.progress")
 
 #: Longest progress message stored; longer ones are cut.
 MAX_MESSAGE_LENGTH = 1000

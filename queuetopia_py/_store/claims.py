@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from queuetopia_py import defaults
-from queuetopia_py.backoff import is_due
-from queuetopia_py.schema import WHOLE_SCOPE
-from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import job_from_mapping
-from queuetopia_py.store.locks import Busy, Claim, LockStore, NotDue, Taken, new_token
-from queuetopia_py.store.queues import NodeScope, QueueBook
-from queuetopia_py.store.records import RecordStore
+from queuetopia_py._backoff import is_due
+from queuetopia_py._schema import WHOLE_SCOPE
+from queuetopia_py._store.database import Database
+from queuetopia_py._store.jobs import job_from_mapping
+from queuetopia_py._store.locks import Busy, Claim, LockStore, NotDue, Taken, new_token
+from queuetopia_py._store.queues import NodeScope, QueueBook
+from queuetopia_py._store.records import RecordStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,11 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from queuetopia_py import defaults
-from queuetopia_py.job import Job, to_result
-from queuetopia_py.performer import Performer
-from queuetopia_py.progress import Reporter, reporting
+from queuetopia_py._job import Job, to_result
+from queuetopia_py._performer import Performer
+from queuetopia_py._progress import Reporter, reporting
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.execution")
 
 _MAX_ERROR_LENGTH = 8000
 # How long a new worker process may take to import the performer and say it is ready.

@@ -24,9 +24,9 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from queuetopia_py import defaults
-from queuetopia_py.job import JobState, JobSummary
-from queuetopia_py.schema import WHOLE_SCOPE
-from queuetopia_py.store.database import Database
+from queuetopia_py._job import JobState, JobSummary
+from queuetopia_py._schema import WHOLE_SCOPE
+from queuetopia_py._store.database import Database
 
 
 @dataclass(frozen=True, slots=True)

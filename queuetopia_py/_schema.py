@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import ConfigurationError
+from queuetopia_py._errors import ConfigurationError
 
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,30}")
 

@@ -14,9 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from queuetopia_py.backoff import default_backoff, lock_lifetime
-from queuetopia_py.job import Job
-from queuetopia_py.store.queues import UNLOCKED, NodeScope, QueueBook
+from queuetopia_py._backoff import default_backoff, lock_lifetime
+from queuetopia_py._job import Job
+from queuetopia_py._store.queues import UNLOCKED, NodeScope, QueueBook
 
 
 def new_token() -> str:
@@ -34,7 +34,7 @@ class Claim:
     locked_until: datetime
     #: This process's monotonic clock just before the claim read the database's time:
     #: an attempt given `timeout` from here ends before the lock expires (or the lock is
-    #: renewed while it runs, see `queuetopia_py.lease`).
+    #: renewed while it runs, see `queuetopia_py._lease`).
     started: float
     #: The job as it was before the claim (to give the claim back unused); None when the
     #: claim was recognised after its acknowledgement was lost.

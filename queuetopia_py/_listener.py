@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from queuetopia_py.store.announcements import Announcement
+from queuetopia_py._store.announcements import Announcement
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.listener")
 
 #: A subscriber: called with a queue that has new work, or None ("poll the scope").
 Offer = Callable[[str | None], None]

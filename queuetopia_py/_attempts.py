@@ -10,15 +10,15 @@ import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from queuetopia_py.backoff import default_backoff, next_attempt_at
+from queuetopia_py._backoff import default_backoff, next_attempt_at
+from queuetopia_py._execution import Executor, Outcome, describe_exception
+from queuetopia_py._job import Job, JobState
+from queuetopia_py._lease import LeaseKeeper
+from queuetopia_py._performer import Performer
+from queuetopia_py._progress import ProgressWriter
+from queuetopia_py._store.locks import Claim, Interrupted
+from queuetopia_py._store.records import Following, Recorded, RecordStore
 from queuetopia_py.events import Event, EventBus, EventKind
-from queuetopia_py.execution import Executor, Outcome, describe_exception
-from queuetopia_py.job import Job, JobState
-from queuetopia_py.lease import LeaseKeeper
-from queuetopia_py.performer import Performer
-from queuetopia_py.progress import ProgressWriter
-from queuetopia_py.store.locks import Claim, Interrupted
-from queuetopia_py.store.records import Following, Recorded, RecordStore
 
 logger = logging.getLogger("queuetopia_py.attempts")
 

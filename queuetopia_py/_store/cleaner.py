@@ -18,11 +18,11 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from queuetopia_py.errors import DatabaseError
-from queuetopia_py.job import OUTCOMES, JobState
-from queuetopia_py.store.database import Database
+from queuetopia_py._errors import DatabaseError
+from queuetopia_py._job import OUTCOMES, JobState
+from queuetopia_py._store.database import Database
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py._store.cleaner")
 
 #: The `queue` of a scope's cleaner lock in the locks table. No queue has this name (names
 #: have no leading space), so it never holds up a queue, nor is it taken for one.

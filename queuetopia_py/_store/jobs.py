@@ -12,8 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from queuetopia_py.errors import InvalidJobError
-from queuetopia_py.job import (
+from queuetopia_py._errors import InvalidJobError
+from queuetopia_py._job import (
     STORED_STATES,
     Intervention,
     Job,
@@ -23,10 +23,10 @@ from queuetopia_py.job import (
     OnFailure,
     Progress,
 )
-from queuetopia_py.schema import UtcDateTime, normalize_text
-from queuetopia_py.store.announcements import announce
-from queuetopia_py.store.database import Database
-from queuetopia_py.store.queues import Enqueued, Head, QueueBook
+from queuetopia_py._schema import UtcDateTime, normalize_text
+from queuetopia_py._store.announcements import announce
+from queuetopia_py._store.database import Database
+from queuetopia_py._store.queues import Enqueued, Head, QueueBook
 
 # The arrays of the PostgreSQL insert of many jobs, in the order of its columns.
 _UNNEST = (

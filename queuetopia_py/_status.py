@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from queuetopia_py.job import JobState, JobSummary
+from queuetopia_py._job import JobState, JobSummary
 
 
 @dataclass(frozen=True, slots=True)

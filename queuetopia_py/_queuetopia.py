@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from queuetopia_py import defaults, listener
-from queuetopia_py.commits import CommitFollower
-from queuetopia_py.errors import (
+from queuetopia_py import _listener as listener
+from queuetopia_py import defaults
+from queuetopia_py._commits import CommitFollower
+from queuetopia_py._errors import (
     ConfigurationError,
     InvalidJobError,
     JobAbortedError,
@@ -29,9 +30,8 @@ from queuetopia_py.errors import (
     JobNotFoundError,
     WaitTimeoutError,
 )
-from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
-from queuetopia_py.execution import Executor, ProcessExecutor, ThreadExecutor
-from queuetopia_py.job import (
+from queuetopia_py._execution import Executor, ProcessExecutor, ThreadExecutor
+from queuetopia_py._job import (
     Duration,
     FailureMode,
     Job,
@@ -42,19 +42,20 @@ from queuetopia_py.job import (
     validate_name,
     validate_new_job,
 )
-from queuetopia_py.options import Options
-from queuetopia_py.scheduler import RunState, Scheduler
-from queuetopia_py.schema import build_tables
-from queuetopia_py.status import Status, Suspension
-from queuetopia_py.store.announcements import MAX_QUEUES_ANNOUNCED, channel
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.cleaner import Cleaner
-from queuetopia_py.store.control import ControlStore
-from queuetopia_py.store.database import Database, check_schema, create_engine
-from queuetopia_py.store.inspection import Inspection
-from queuetopia_py.store.jobs import JobStore
+from queuetopia_py._options import Options
+from queuetopia_py._scheduler import RunState, Scheduler
+from queuetopia_py._schema import build_tables
+from queuetopia_py._status import Status, Suspension
+from queuetopia_py._store.announcements import MAX_QUEUES_ANNOUNCED, channel
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.cleaner import Cleaner
+from queuetopia_py._store.control import ControlStore
+from queuetopia_py._store.database import Database, check_schema, create_engine
+from queuetopia_py._store.inspection import Inspection
+from queuetopia_py._store.jobs import JobStore
+from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.queuetopia")
 
 # `wait_for` reads the job again after this long, doubling up to the maximum.
 _WAIT_FIRST_POLL = 0.02

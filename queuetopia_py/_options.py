@@ -13,8 +13,8 @@ from typing import Any, Literal
 from sqlalchemy.engine import URL, Engine
 
 from queuetopia_py import defaults
-from queuetopia_py.errors import ConfigurationError, InvalidJobError
-from queuetopia_py.job import (
+from queuetopia_py._errors import ConfigurationError, InvalidJobError
+from queuetopia_py._job import (
     FailureMode,
     MoveTo,
     OnFailure,
@@ -23,7 +23,7 @@ from queuetopia_py.job import (
     to_timedelta,
     validate_name,
 )
-from queuetopia_py.performer import Performer, refuse_async
+from queuetopia_py._performer import Performer, refuse_async
 
 
 def default_node() -> str:

@@ -6,9 +6,9 @@ import inspect
 from datetime import timedelta
 from typing import Any
 
-from queuetopia_py.backoff import default_backoff
-from queuetopia_py.errors import ConfigurationError
-from queuetopia_py.job import Job
+from queuetopia_py._backoff import default_backoff
+from queuetopia_py._errors import ConfigurationError
+from queuetopia_py._job import Job
 
 #: The methods the scheduler calls on a performer.
 _HOOKS = ("perform", "backoff", "handle_failed_job", "handle_succeeded_job")

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from queuetopia_py.job import Job
+from queuetopia_py._job import Job
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.commits")
 
 #: Seconds after a commit at which its jobs are looked for.
 LOOKS = (0.0, 0.05, 0.5, 2.0)

@@ -24,17 +24,17 @@ from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from queuetopia_py.attempts import Attempted, AttemptRunner
-from queuetopia_py.backoff import lock_lifetime
+from queuetopia_py._attempts import Attempted, AttemptRunner
+from queuetopia_py._backoff import lock_lifetime
+from queuetopia_py._execution import Executor, Outcome, describe_exception
+from queuetopia_py._lease import LeaseKeeper
+from queuetopia_py._performer import Performer
+from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.database import is_transient
+from queuetopia_py._store.locks import Claim, Interrupted, NotDue, Taken
 from queuetopia_py.events import EventBus
-from queuetopia_py.execution import Executor, Outcome, describe_exception
-from queuetopia_py.lease import LeaseKeeper
-from queuetopia_py.performer import Performer
-from queuetopia_py.store.claims import ClaimStore
-from queuetopia_py.store.database import is_transient
-from queuetopia_py.store.locks import Claim, Interrupted, NotDue, Taken
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("queuetopia_py.scheduler")
 
 # After an error in the poll itself (database down...), wait this long, doubling up to
 # the poll interval or `_ERROR_PAUSE_MAX`, whichever is shorter.

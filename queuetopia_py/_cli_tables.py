@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from queuetopia_py.job import Job, JobState, JobSummary, Page
-from queuetopia_py.status import QueueStatus, RunningAttempt, Status, Suspension
+from queuetopia_py._job import Job, JobState, JobSummary, Page
+from queuetopia_py._status import QueueStatus, RunningAttempt, Status, Suspension
 
 #: The queue states the `queues` table shows, most pressing first.
 QUEUE_STATES = ("blocked", "suspended", "running", "waiting", "idle")

@@ -14,14 +14,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from queuetopia_py.errors import JobInProgressError, JobNotFoundError, JobStateError
-from queuetopia_py.job import Intervention, Job, JobState, JobSummary
-from queuetopia_py.schema import WHOLE_SCOPE
-from queuetopia_py.status import Suspension
-from queuetopia_py.store.announcements import announce
-from queuetopia_py.store.database import Database
-from queuetopia_py.store.jobs import append_intervention, row_to_job
-from queuetopia_py.store.queues import Enqueued, Head, Locked, QueueBook, QueueRow
+from queuetopia_py._errors import JobInProgressError, JobNotFoundError, JobStateError
+from queuetopia_py._job import Intervention, Job, JobState, JobSummary
+from queuetopia_py._schema import WHOLE_SCOPE
+from queuetopia_py._status import Suspension
+from queuetopia_py._store.announcements import announce
+from queuetopia_py._store.database import Database
+from queuetopia_py._store.jobs import append_intervention, row_to_job
+from queuetopia_py._store.queues import Enqueued, Head, Locked, QueueBook, QueueRow
 
 
 def row_to_suspension(row: sa.Row[Any]) -> Suspension:
