@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from queuetopia_py._job import Job, JobState, JobSummary, Page
+from queuetopia_py._job import Job, JobState, JobSummary, MoveTo, Page
 from queuetopia_py._status import QueueStatus, RunningAttempt, Status, Suspension
 
 #: The queue states the `queues` table shows, most pressing first.
@@ -492,7 +492,10 @@ def render_job(job: Job) -> list[str]:
         ("action", job.action),
         ("state", job.state),
         ("attempts", attempts),
-        ("on failure", job.on_failure),
+        (
+            "on failure",
+            str(MoveTo(job.dead_letter_queue)) if job.dead_letter_queue else job.on_failure,
+        ),
         ("timeout", fmt_duration(job.timeout)),
         ("max backoff", fmt_duration(job.max_backoff)),
         ("inserted at", fmt_time(job.inserted_at)),

@@ -73,6 +73,9 @@ _JOB_ITEM_KEYS = frozenset(
         "on_failure",
     }
 )
+# The default scope of `Queuetopia` itself: the name it has had since it was defined in
+# the module `queuetopia_py.queuetopia` (jobs stored under it stay in view).
+_BASE_SCOPE = "queuetopia_py.queuetopia.Queuetopia"
 _FAILED_ERRORS: dict[JobState, type[JobFailedError]] = {
     JobState.GIVEN_UP: JobGivenUpError,
     JobState.CANCELLED: JobCancelledError,
@@ -112,9 +115,8 @@ class Queuetopia:
 
     def __init__(self, **options: Any) -> None:
         cls = type(self)
-        self.options = Options.parse(
-            {**cls._class_options, **options}, f"{cls.__module__}.{cls.__qualname__}"
-        )
+        scope = _BASE_SCOPE if cls is Queuetopia else f"{cls.__module__}.{cls.__qualname__}"
+        self.options = Options.parse({**cls._class_options, **options}, scope)
         repo = self.options.repo
         self._owns_engine = not isinstance(repo, Engine)
         engine = (

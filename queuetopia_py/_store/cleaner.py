@@ -22,7 +22,7 @@ from queuetopia_py._errors import DatabaseError
 from queuetopia_py._job import OUTCOMES, JobState
 from queuetopia_py._store.database import Database
 
-logger = logging.getLogger("queuetopia_py._store.cleaner")
+logger = logging.getLogger("queuetopia_py.store.cleaner")
 
 #: The `queue` of a scope's cleaner lock in the locks table. No queue has this name (names
 #: have no leading space), so it never holds up a queue, nor is it taken for one.

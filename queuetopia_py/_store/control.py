@@ -21,7 +21,7 @@ from queuetopia_py._status import Suspension
 from queuetopia_py._store.announcements import announce
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.jobs import append_intervention, row_to_job
-from queuetopia_py._store.queues import Enqueued, Head, Locked, QueueBook, QueueRow
+from queuetopia_py._store.queues import Locked, QueueBook, QueueRow
 
 
 def row_to_suspension(row: sa.Row[Any]) -> Suspension:
@@ -140,17 +140,18 @@ class ControlStore:
                 ).scalar()
                 if queue is None:
                     raise JobNotFoundError(job_id, self.scope)
+                # A row to lock even when the queue has nothing pending (an ended job's):
+                # actions on one queue take turns, whatever they find.
+                book.ensure(conn, self.scope, queue)
                 locked = book.lock_with_job(conn, self.scope, queue, job_id)
+                assert locked.row is not None
                 row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
                 job = row_to_job(row)
                 values = decide(job, locked)
                 conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
                 changed = replace(job, **_job_fields(values))
                 change = int(changed.pending) - int(job.pending)
-                if locked.row is not None:
-                    book.sync(conn, self.scope, locked.row, pending_change=change)
-                elif change > 0:  # back in a queue that had nothing pending
-                    book.enqueued(conn, self.scope, [Enqueued(queue, 1, Head.of(changed))])
+                book.sync(conn, self.scope, locked.row, pending_change=change)
                 # Cancelling, aborting or retrying a head may free its queue.
                 announce(conn, self.db.tables, self.scope, [job.queue], self.origin)
                 return append_intervention(conn, jobs, changed, entry(locked.now))

@@ -45,7 +45,7 @@ from queuetopia_py._errors import (
 )
 from queuetopia_py._schema import Tables, UtcDateTime, build_tables
 
-logger = logging.getLogger("queuetopia_py._store.database")
+logger = logging.getLogger("queuetopia_py.store.database")
 T = TypeVar("T")
 
 # Drivers used when a URL names only the database ("postgresql://", "mysql://").

@@ -224,6 +224,7 @@ class QueueBook:
             .limit(1)
         )
         self._upsert = self._build_upsert()
+        self._ensure = self._build_ensure()
 
     @staticmethod
     def _queue_jobs(jobs: sa.FromClause, scope: Any, queue: Any) -> list[sa.ColumnElement[bool]]:
@@ -318,16 +319,37 @@ class QueueBook:
         if rows:
             conn.execute(self._upsert, rows)
 
+    def ensure(self, conn: Connection, scope: str, queue: str) -> None:
+        """Make sure the queue has a row, so that `lock` has one to lock (a row without
+        pending work nor lock is deleted again by the `write` that follows)."""
+        conn.execute(self._ensure, {"scope": scope, "queue": queue})
+
+    def _dialect_insert(self) -> tuple[Any, Any]:
+        """The queues table's INSERT of this dialect, and the dialect module it is from."""
+        module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(self.db.dialect, mysql)
+        return module, module.insert(self.queues)
+
+    def _build_ensure(self) -> sa.Insert:
+        q = self.queues
+        module, insert = self._dialect_insert()
+        stmt = insert.values(
+            scope=sa.bindparam("scope", type_=q.c.scope.type),
+            queue=sa.bindparam("queue", type_=q.c.queue.type),
+            pending=0,
+        )
+        if module is mysql:  # a no-op update: MariaDB has no DO NOTHING
+            return stmt.on_duplicate_key_update(pending=q.c.pending)  # type: ignore[no-any-return]
+        return stmt.on_conflict_do_nothing(index_elements=[q.c.scope, q.c.queue])  # type: ignore[no-any-return]
+
     def _build_upsert(self) -> sa.Insert:
         """INSERT a queue row, or on conflict add to its pending count and take the new
         head if it comes first. Written for each dialect's upsert; the assignments are in
         an order that MariaDB (which assigns from left to right, seeing the values it has
         set) and the others (which see the old values) read alike."""
         q = self.queues
-        dialect = self.db.dialect
-        module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect, mysql)
+        module, insert = self._dialect_insert()
         columns = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]
-        stmt = module.insert(q).values({c: sa.bindparam(c, type_=q.c[c].type) for c in columns})
+        stmt = insert.values({c: sa.bindparam(c, type_=q.c[c].type) for c in columns})
         new = stmt.inserted if module is mysql else stmt.excluded
         first = sa.or_(
             q.c.head_id.is_(None),

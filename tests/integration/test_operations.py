@@ -7,6 +7,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from recording import Recorder, wait_until
@@ -20,6 +21,7 @@ from queuetopia_py import (
     MoveTo,
     Queuetopia,
 )
+from queuetopia_py._store.queues import QueueBook
 from queuetopia_py.testing import drain
 
 
@@ -418,3 +420,33 @@ def test_cleanup_deletes_ended_jobs_only_when_asked(make_queue: Callable) -> Non
     assert queue.cleanup_jobs(0, include_ended=True) == 2
     assert queue.get_job(given_up.id) is None and queue.get_job(cancelled.id) is None
     assert queue.get_job(blocked.id) is not None and queue.get_job(again.id) is not None
+
+
+def test_concurrent_retries_of_an_ended_job_count_it_once(
+    make_queue: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two operators retry a given-up job (its queue has nothing pending) at once: they
+    take turns, the job is counted pending once, and both retries are recorded."""
+    queue = make_queue(performer=Recorder(failing))
+    job = queue.create_job("q", "a", {"i": 0}, max_attempts=1)
+    drain(queue)
+    assert queue.get_job(job.id).given_up  # type: ignore[union-attr]
+    both_read = threading.Barrier(2)
+    lock_with_job = QueueBook.lock_with_job
+
+    def reads_then_waits(self: QueueBook, *args: Any, **kwargs: Any) -> Any:
+        locked = lock_with_job(self, *args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait(timeout=2)  # the other operator reads the queue now too
+        return locked
+
+    monkeypatch.setattr(QueueBook, "lock_with_job", reads_then_waits)
+    threads = [threading.Thread(target=queue.retry_job, args=(job.id,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    stored = queue.get_job(job.id)
+    assert stored is not None and stored.state == "pending"
+    assert [i.action for i in stored.interventions] == ["retry", "retry"]
+    assert queue.status().queue("q").pending == 1  # type: ignore[union-attr]

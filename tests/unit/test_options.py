@@ -31,6 +31,12 @@ def test_scope_defaults_to_the_subclass_qualified_name(tmp_path) -> None:
     )
 
 
+def test_queuetopia_itself_keeps_its_default_scope(tmp_path) -> None:
+    # Jobs created by a plain Queuetopia(...) before its module became private stay seen.
+    queue = Queuetopia(repo=f"sqlite:///{tmp_path / 'q.db'}")
+    assert queue.scope == "queuetopia_py.queuetopia.Queuetopia"
+
+
 def test_subclass_of_a_subclass_inherits_and_overrides_options(tmp_path) -> None:
     class Base(Queuetopia, repo=f"sqlite:///{tmp_path / 'q.db'}", max_concurrency=3):
         pass
