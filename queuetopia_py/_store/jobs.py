@@ -348,22 +348,6 @@ class JobStore:
         rows = self._rows(columns, queue, action, available, state, limit, offset, after)
         return [job_from_mapping(r._mapping) for r in rows]
 
-    def list_summaries(
-        self,
-        *,
-        queue: str | None = None,
-        action: str | None = None,
-        available: bool | None = None,
-        state: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        after: int | None = None,
-    ) -> list[JobSummary]:
-        """`list_jobs`, without reading the jobs' params and results."""
-        columns = summary_columns(self.jobs)
-        rows = self._rows(columns, queue, action, available, state, limit, offset, after)
-        return [summary_from_mapping(r._mapping) for r in rows]
-
     def _rows(
         self,
         columns: list[sa.Column[Any]],
