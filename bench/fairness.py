@@ -2,7 +2,7 @@
 
     python bench/fairness.py [--backends sqlite,postgresql,mariadb] [--runs 3]
                              [--queues 100] [--per-queue 30] [--blocked 1000] [--behind 2]
-                             [--timeout 600] [--json OUT]
+                             [--blocked-backoff SECONDS] [--timeout 600] [--json OUT]
 
 One node with the default options (max_concurrency 10, poll_interval 60 s) and a
 performer that does nothing, except for the blocked queues' jobs, where it raises. The
@@ -14,6 +14,12 @@ the last success is recorded (the attempt_succeeded event):
 - beside: 1,000 blocked queues are created first, each a head job that always fails and
   2 jobs behind it; the node is started and left until every blocked head has failed at
   least once (attempt_failed events), then the flowing jobs are created.
+
+`--blocked-backoff` sets the delay before a failed blocked head's next attempt: with it
+(3600, say) the blocked queues are ones that have been failing for a while, whose heads
+are not due during the run and must cost nothing; without it they retry after the
+default backoff (2 s, 3 s, 5 s...), heads that have just begun to fail, whose retries
+during the run are work the flowing queues share the node with.
 
 Both runs time the same path (jobs created for a running node), so that the ratio
 beside / alone (target: at most 1.2) is the cost of the blocked queues alone. Each run is
@@ -38,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +59,21 @@ BLOCKED_ACTION = "fail"
 
 
 class FailBlocked(Performer):
-    """Does nothing for flowing jobs; raises for the blocked queues' jobs."""
+    """Does nothing for flowing jobs; raises for the blocked queues' jobs, which are
+    retried after `backoff` seconds (None: the default backoff)."""
+
+    def __init__(self, backoff: float | None) -> None:
+        self.blocked_backoff = backoff
 
     def perform(self, job: Job) -> object:
         if job.action == BLOCKED_ACTION:
             raise RuntimeError("fairness bench: this queue stays blocked")
         return None
+
+    def backoff(self, job: Job) -> timedelta:
+        if self.blocked_backoff is None:
+            return super().backoff(job)
+        return timedelta(seconds=self.blocked_backoff)
 
 
 class Probe:
@@ -136,7 +151,7 @@ def one_run(url: str, args: argparse.Namespace, beside: bool) -> dict[str, Any]:
     flowing = args.queues * args.per_queue
     blocked = args.blocked if beside else 0
     probe = Probe(blocked, flowing)
-    node = Queuetopia(repo=url, scope=SCOPE, performer=FailBlocked())
+    node = Queuetopia(repo=url, scope=SCOPE, performer=FailBlocked(args.blocked_backoff))
     node.subscribe(probe.on_event)
     result: dict[str, Any] = {"kind": "beside" if beside else "alone", "blocked": blocked}
     try:
@@ -223,16 +238,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-queue", type=int, default=30, help="jobs per flowing queue")
     parser.add_argument("--blocked", type=int, default=1_000, help="blocked queues")
     parser.add_argument("--behind", type=int, default=2, help="jobs behind each blocked head")
+    parser.add_argument(
+        "--blocked-backoff",
+        type=float,
+        default=None,
+        help="seconds before a blocked head's next attempt (default: the default backoff)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds, per wait")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     # Thousands of failed attempts would each log a warning.
     logging.getLogger("queuetopia_py").setLevel(logging.ERROR)
 
+    backoff = (
+        "the default backoff"
+        if args.blocked_backoff is None
+        else f"a {args.blocked_backoff:g} s backoff"
+    )
     print(
         f"python {sys.version.split()[0]}; {args.queues}x{args.per_queue} flowing jobs, "
-        f"beside {args.blocked} blocked queues (head + {args.behind}); one node, default "
-        f"options; median of {args.runs} runs; target ratio <= 1.2"
+        f"beside {args.blocked} blocked queues (head + {args.behind}, retried after "
+        f"{backoff}); one node, default options; median of {args.runs} runs; target "
+        "ratio <= 1.2"
     )
     print(
         f"{'backend':<11}{'alone s':>9}{'beside s':>10}{'ratio':>8}"
