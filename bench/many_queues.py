@@ -16,10 +16,11 @@ Printed per backend:
 - peak RSS of the node process, MB;
 - the scheduler's poll: how many polls ran, and the p50 / p95 / max of their duration
   (timed inside the node process through an internal hook: `time_polls`);
-- status s and CLI s: `status()` and the command `queuetopia queues --repo URL` (a
-  subprocess: its Python start-up included), both from this process once the node has
-  recorded half of the jobs (or at the timeout), with the count of pending jobs
-  status() saw; they share the machine with the running node, as an operator's would.
+- page s, status s and CLI s: `status(limit=100)` (a page, blocked queues first),
+  `status()` (every queue) and the command `queuetopia queues --repo URL` (a page of 100;
+  a subprocess: its Python start-up included), from this process once the node has
+  recorded half of the jobs (or at the timeout), with the count of queues status() saw
+  pending; they share the machine with the running node, as an operator's would.
 
 A run that has not finished after `--timeout` seconds is stopped, and the fraction of
 jobs done is reported instead.
@@ -210,9 +211,12 @@ def run_backend(url: str, backend: str, args: argparse.Namespace) -> dict[str, A
         node.half.wait(args.timeout)
         if node.proc.poll() is None:
             watch = Stopwatch()
+            ops.status(limit=100)
+            out["status_page"] = watch.elapsed()
+            watch = Stopwatch()
             status = ops.status()
             out["status"] = watch.elapsed()
-            out["pending_at_status"] = sum(q.pending for q in status.queues)
+            out["pending_at_status"] = status.queue_count
             out["cli"] = time_cli(url)
         result = node.wait()
         out["peak_rss_mb"] = None if node.peak_kb is None else node.peak_kb / 1024
@@ -252,9 +256,10 @@ def print_row(r: dict[str, Any]) -> None:
         + fmt(r.get("poll_p50"), ".1f", 9, 1000)
         + fmt(r.get("poll_p95"), ".1f", 9, 1000)
         + fmt(r.get("poll_max"), ".1f", 9, 1000)
+        + fmt(r.get("status_page"), ".3f", 8)
         + fmt(r.get("status"), ".2f", 10)
         + fmt(r.get("cli"), ".2f", 7)
-        + f"{r.get('pending_at_status', '-'):>10}"
+        + f"{r.get('pending_at_status', '-'):>9}"
         + (f"  {r['error']}: {r['done'] / r['jobs']:.1%} done" if r.get("error") else ""),
         flush=True,
     )
@@ -280,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'backend':<11}{'jobs':>9}{'enqueue s':>11}{'run s':>8}{'jobs/s':>8}{'RSS MB':>9}"
-        f"{'polls':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'status s':>10}{'CLI s':>7}"
-        f"{'pending':>10}"
+        f"{'polls':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'page s':>8}{'status s':>10}"
+        f"{'CLI s':>7}{'queues':>9}"
     )
     results = []
     for backend, url in fresh_databases(args.backends):
