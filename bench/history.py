@@ -21,7 +21,9 @@ warm-up call, the reads taking turns) and counts the rows it returns:
 - poll: the scheduler's poll of the due queues (internal hook: `scheduler_reads`);
 - claim: one claim of a pending queue's lock and head, given back at once (hook too);
 - status(), known_scopes();
-- done, page 1: `paginate_jobs(state="done")`, `--page-size` a page;
+- done, first page by key: `list_jobs(state="done", limit=--page-size)`, the first page
+  of a keyset listing (no total counted);
+- done, page 1: `paginate_jobs(state="done")`, `--page-size` a page, with its total;
 - done, page N: `paginate_jobs(state="done", page_number=--deep-page)`;
 - done, keyset page N: the same page through a keyset cursor, `list_jobs(state="done",
   after=<id of the last job before it>, limit=--page-size)`; it must return the same
@@ -158,6 +160,7 @@ def reads(ops: Queuetopia, args: argparse.Namespace, cursor: Job) -> dict[str, R
         **scheduler_reads(ops),
         "status()": lambda: len(ops.status().queues),
         "known_scopes()": lambda: len(ops.known_scopes()),
+        "done, first page by key": lambda: len(ops.list_jobs(state="done", limit=size)),
         "done, page 1": lambda: len(ops.paginate_jobs(size, 1, state="done").items),
         f"done, page {deep:,}": lambda: len(ops.paginate_jobs(size, deep, state="done").items),
         f"done, keyset page {deep:,}": lambda: len(keyset_page(ops, cursor, size)),
