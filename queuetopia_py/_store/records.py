@@ -114,6 +114,19 @@ class RecordStore:
                 failing_since=since,
             )
         )
+        self._progress = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.attempts == sa.bindparam("b_attempts", type_=jobs.c.attempts.type),
+                jobs.c.done_at.is_(None),
+            )
+            .values(
+                progress_message=sa.bindparam("b_message", type_=jobs.c.progress_message.type),
+                progress_fraction=sa.bindparam("b_fraction", type_=jobs.c.progress_fraction.type),
+                progress_at=where.db.now(),
+            )
+        )
         self._exhausted = (
             jobs.update()
             .where(jobs.c.id == job_id)
@@ -356,28 +369,23 @@ class RecordStore:
     # -- while an attempt runs -----------------------------------------------------------
 
     def set_progress(self, job: Job, message: str | None, fraction: float | None) -> bool:
-        """Store the progress of the running attempt `job`; False if the claim was lost."""
-        db, jobs = self.where.db, self.jobs
+        """Store the progress of the running attempt `job`; False if the claim was lost.
 
-        def run() -> bool:
-            with db.transaction() as conn:
-                return bool(
-                    conn.execute(
-                        jobs.update()
-                        .where(
-                            jobs.c.id == job.id,
-                            jobs.c.attempts == job.attempts,
-                            jobs.c.done_at.is_(None),
-                        )
-                        .values(
-                            progress_message=message,
-                            progress_fraction=fraction,
-                            progress_at=db.now(),
-                        )
-                    ).rowcount
-                )
-
-        return db.retrying(run)
+        Tried once: progress is best effort, and a write that fails (the database is
+        unreachable) is superseded by the attempt's next report, so it is not retried
+        (the attempt's outcome, recorded after its last report, waits for none)."""
+        with self.where.db.transaction() as conn:
+            return bool(
+                conn.execute(
+                    self._progress,
+                    {
+                        "b_job_id": job.id,
+                        "b_attempts": job.attempts,
+                        "b_message": message,
+                        "b_fraction": fraction,
+                    },
+                ).rowcount
+            )
 
     def set_error(self, job: Job, error: str) -> None:
         """Overwrite the error of the attempt `job` describes (if no newer attempt began)."""
