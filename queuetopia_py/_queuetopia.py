@@ -229,6 +229,8 @@ class Queuetopia:
             return created
 
         def insert() -> list[Job]:
+            if len(news) == 1:
+                return [self._jobs.create_one(news[0], origin=self._origin)]
             with self._db.transaction() as conn:
                 return self._jobs.create(conn, news, origin=self._origin)
 

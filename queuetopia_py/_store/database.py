@@ -541,6 +541,18 @@ class Database:
             conn.close()
 
     @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A pooled connection whose statements each commit by themselves (no BEGIN or
+        COMMIT round trip), with errors translated: for one statement that says all."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                with self._watched(conn):
+                    yield conn
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+
+    @contextmanager
     def transaction(self, connection: Connection | None = None) -> Iterator[Connection]:
         """A short transaction (or the caller's `connection`), with errors translated."""
         try:

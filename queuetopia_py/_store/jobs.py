@@ -24,7 +24,7 @@ from queuetopia_py._job import (
     Progress,
 )
 from queuetopia_py._schema import UtcDateTime, normalize_text
-from queuetopia_py._store.announcements import announce
+from queuetopia_py._store.announcements import Announcement, announce, notify
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.queues import Enqueued, Head, QueueBook
 
@@ -169,18 +169,31 @@ def _new_job(scope: str, new: NewJob, row: Sequence[Any]) -> Job:
     )
 
 
+# The columns of a new job's row given by its `NewJob`.
+_GIVEN = (
+    "queue",
+    "action",
+    "params",
+    "timeout_us",
+    "max_backoff_us",
+    "max_attempts",
+    "on_failure",
+    "dead_letter_queue",
+)
+
+
 def _insert_values(new: NewJob) -> dict[str, Any]:
-    return {
-        "queue": new.queue,
-        "action": new.action,
-        "params": new.params,
-        "timeout_us": _us(new.timeout),
-        "max_backoff_us": _us(new.max_backoff),
-        "max_attempts": new.max_attempts,
-        "on_failure": new.on_failure,
-        "dead_letter_queue": new.dead_letter_queue,
-        "given_scheduled_at": new.scheduled_at,
-    }
+    given = (
+        new.queue,
+        new.action,
+        new.params,
+        _us(new.timeout),
+        _us(new.max_backoff),
+        new.max_attempts,
+        new.on_failure,
+        new.dead_letter_queue,
+    )
+    return {**dict(zip(_GIVEN, given, strict=True)), "given_scheduled_at": new.scheduled_at}
 
 
 def counted(created: Sequence[Job]) -> list[Enqueued]:
@@ -219,6 +232,9 @@ class JobStore:
             jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, sort_by_parameter_order=True
         )
         self._summaries = sa.select(*summary_columns(jobs)).where(jobs.c.scope == scope)
+        self._create_announced = (
+            self._build_create_announced() if db.dialect == "postgresql" else None
+        )
         # PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) for many jobs, whatever
         # their number: a short statement that psycopg does not parse again for every
         # batch, as it would a long VALUES list. The ids follow the rows' ordinality.
@@ -237,6 +253,32 @@ class JobStore:
         ).columns(
             jobs.c.id, sa.column("scheduled_at", UtcDateTime), sa.column("inserted_at", UtcDateTime)
         )
+
+    def _build_create_announced(self) -> sa.Select[Any]:
+        """PostgreSQL: the single-job insert, the count of the job into its queue's row,
+        and its announcement, as one statement of data-modifying CTEs."""
+        jobs = self.jobs
+        # Inside a CTE every column must be named with its bind parameter.
+        created = (
+            self._insert_plain.values({c: sa.bindparam(c, type_=jobs.c[c].type) for c in _GIVEN})
+            .returning(jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, jobs.c.queue)
+            .cte("created")
+        )
+        # A new job is due at its scheduled time, and is not failing.
+        counts = sa.select(
+            sa.literal(self.scope, jobs.c.scope.type),
+            created.c.queue,
+            sa.literal(1),
+            created.c.id,
+            created.c.scheduled_at,
+            created.c.scheduled_at,
+            sa.null(),
+        )
+        counted = self.book.enqueued_from(counts).returning(sa.literal_column("1")).cte("counted")
+        announced = notify(self.db.tables, sa.bindparam("b_payload", type_=sa.Text))
+        return sa.select(
+            created.c.id, created.c.scheduled_at, created.c.inserted_at, announced
+        ).add_cte(counted)
 
     # -- creating ------------------------------------------------------------------------
 
@@ -260,6 +302,20 @@ class JobStore:
         if origin is not None:
             announce(conn, self.db.tables, self.scope, [j.queue for j in created], origin)
         return created
+
+    def create_one(self, new: NewJob, *, origin: str) -> Job:
+        """Create one job, committed by itself and announced as work of `origin`.
+        PostgreSQL inserts it, counts it into its queue and announces it in one
+        autocommitted statement (one round trip); the others in one transaction."""
+        if self._create_announced is None:
+            with self.db.transaction() as conn:
+                return self.create(conn, [new], origin=origin)[0]
+        payload = Announcement(self.scope, new.queue, origin).to_payload()
+        with self.db.autocommit() as conn:
+            row = conn.execute(
+                self._create_announced, {**_insert_values(new), "b_payload": payload}
+            ).one()
+        return _new_job(self.scope, new, row[:3])
 
     def _insert_one(self, conn: Connection, new: NewJob) -> tuple[Any, ...]:
         values = _insert_values(new)

@@ -319,6 +319,12 @@ class QueueBook:
         if rows:
             conn.execute(self._upsert, rows)
 
+    def enqueued_from(self, source: sa.Select[Any]) -> sa.Insert:
+        """`enqueued` as a statement counting the rows of `source` (scope, queue, count,
+        and the head columns of the first of them), to compose with the statement that
+        creates them (PostgreSQL)."""
+        return self._build_upsert(source)
+
     def ensure(self, conn: Connection, scope: str, queue: str) -> None:
         """Make sure the queue has a row, so that `lock` has one to lock (a row without
         pending work nor lock is deleted again by the `write` that follows)."""
@@ -341,15 +347,18 @@ class QueueBook:
             return stmt.on_duplicate_key_update(pending=q.c.pending)  # type: ignore[no-any-return]
         return stmt.on_conflict_do_nothing(index_elements=[q.c.scope, q.c.queue])  # type: ignore[no-any-return]
 
-    def _build_upsert(self) -> sa.Insert:
-        """INSERT a queue row, or on conflict add to its pending count and take the new
-        head if it comes first. Written for each dialect's upsert; the assignments are in
-        an order that MariaDB (which assigns from left to right, seeing the values it has
-        set) and the others (which see the old values) read alike."""
+    def _build_upsert(self, source: sa.Select[Any] | None = None) -> sa.Insert:
+        """INSERT a queue row (bound values, or `source`'s rows), or on conflict add to
+        its pending count and take the new head if it comes first. Written for each
+        dialect's upsert; the assignments are in an order that MariaDB (which assigns from
+        left to right, seeing the values it has set) and the others (which see the old
+        values) read alike."""
         q = self.queues
         module, insert = self._dialect_insert()
-        columns = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]
-        stmt = insert.values({c: sa.bindparam(c, type_=q.c[c].type) for c in columns})
+        if source is None:
+            stmt = insert.values({c: sa.bindparam(c, type_=q.c[c].type) for c in _ENQUEUED})
+        else:
+            stmt = insert.from_select(_ENQUEUED, source)
         new = stmt.inserted if module is mysql else stmt.excluded
         first = sa.or_(
             q.c.head_id.is_(None),
@@ -377,6 +386,10 @@ class QueueBook:
         return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
             index_elements=[q.c.scope, q.c.queue], set_=dict(assignments)
         )
+
+
+# The columns a new job's count and head write in its queue's row.
+_ENQUEUED = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]
 
 
 def queue_order(jobs: sa.FromClause) -> list[sa.ColumnElement[Any]]:
