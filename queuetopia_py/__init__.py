@@ -4,6 +4,8 @@ Jobs live in one SQL table; each queue runs strictly in order, one job at a time
 failing head job blocks its queue while it is retried with a capped exponential backoff.
 """
 
+from importlib import metadata as _metadata
+
 from queuetopia_py._errors import (
     ConfigurationError,
     DatabaseError,
@@ -38,6 +40,12 @@ from queuetopia_py._queuetopia import Queuetopia
 from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status, Suspension
 from queuetopia_py.events import Event, EventKind, Subscription
 from queuetopia_py.migrations import migrate
+
+try:
+    #: The installed distribution's version (PEP 440), e.g. "0.1.0".
+    __version__: str = _metadata.version("queuetopia_py")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigurationError",

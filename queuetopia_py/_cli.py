@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from queuetopia_py import defaults
+from queuetopia_py import __version__, defaults
 from queuetopia_py._cli_tables import (
     after_footer,
     dumps,
@@ -199,6 +199,7 @@ def _describe(exc: BaseException) -> str:
         "help_option_names": ["-h", "--help"],
     }
 )
+@click.version_option(__version__, "-V", "--version", prog_name="queuetopia")
 def cli() -> None:
     """queuetopia: strictly ordered, blocking job queues stored in an SQL database.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import subprocess
 import sys
 import traceback
 import uuid
@@ -14,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 from factories import make_job
 
+import queuetopia_py
 from queuetopia_py import Job, Page, Queuetopia
 from queuetopia_py import _cli_tables as cli_tables
 from queuetopia_py._cli import cli, load_queue_class
@@ -322,3 +325,30 @@ def test_table_cells_stay_on_one_line() -> None:
     lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])
     assert len(lines) == 2
     assert click.unstyle(lines[1]) == "x y  tab here"
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    assert queuetopia_py.__version__ == importlib.metadata.version("queuetopia_py")
+    for flag in ("--version", "-V"):
+        result = invoke(flag)
+        assert result.exit_code == 0, result.output
+        assert result.output == f"queuetopia, version {queuetopia_py.__version__}\n"
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "queuetopia_py", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert version.stdout == f"queuetopia, version {queuetopia_py.__version__}\n"
+    usage = subprocess.run(
+        [sys.executable, "-m", "queuetopia_py", "no-such-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert usage.returncode == 2
+    assert "No such command 'no-such-command'" in usage.stderr
