@@ -375,6 +375,12 @@ def demo_command(path: str | None, log_level: str) -> None:
     configure_logging(log_level)
     with expected_errors():
         ok = run_demo(path)
+    try:
+        sys.stdout.flush()
+    except OSError:
+        # The reader went away (`queuetopia demo | head`): nothing is left to print, and
+        # the interpreter's own flush at exit must not report it either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if not ok:
         raise click.exceptions.Exit(1)
 

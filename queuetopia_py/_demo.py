@@ -52,6 +52,24 @@ JOBS = (
 )
 
 
+class Output:
+    """Where the demo prints: `echo`, until writing fails (a reader that went away, as in
+    `queuetopia demo | head -2`). A failed write never fails an attempt: the demo stops
+    printing and `lost` is set, which ends the run."""
+
+    def __init__(self, echo: Callable[[str], None] = click.echo) -> None:
+        self._echo = echo
+        self.lost = threading.Event()
+
+    def __call__(self, line: str) -> None:
+        if self.lost.is_set():
+            return
+        try:
+            self._echo(line)
+        except OSError:
+            self.lost.set()
+
+
 class DemoPerformer(Performer):
     """Sleeps a little, fails the first `params["fail_first"]` attempts of a job, and
     prints one line per attempt: elapsed seconds, queue, job, attempt, outcome.
@@ -67,7 +85,9 @@ class DemoPerformer(Performer):
     ) -> None:
         self.started = started or datetime.now(UTC)
         self.attempt_seconds = attempt_seconds
-        self._echo = echo
+        self._echo = echo if isinstance(echo, Output) else Output(echo)
+        #: Set once printing failed: the demo's reader went away.
+        self.output_lost = self._echo.lost
         self._lock = threading.Lock()
 
     def perform(self, job: Job) -> object:
@@ -102,14 +122,16 @@ class DemoPerformer(Performer):
 
 def run_demo(path: str | Path | None = None, echo: Callable[[str], None] = click.echo) -> bool:
     """Run the demo on the SQLite file `path` (default: a temporary one); True when every
-    job is done within `DEADLINE_SECONDS`."""
+    job is done within `DEADLINE_SECONDS` and printed (a run whose output could not be
+    written stops early)."""
+    output = Output(echo)
     if path is not None:
-        return _run(Path(path), echo)
+        return _run(Path(path), output)
     with tempfile.TemporaryDirectory(prefix="queuetopia-demo-") as directory:
-        return _run(Path(directory) / "demo.db", echo)
+        return _run(Path(directory) / "demo.db", output)
 
 
-def _run(path: Path, echo: Callable[[str], None]) -> bool:
+def _run(path: Path, echo: Output) -> bool:
     url = f"sqlite:///{path}"
     version = migrate(url)
     echo(f"database: {path} (schema version {version})")
@@ -133,7 +155,11 @@ def _run(path: Path, echo: Callable[[str], None]) -> bool:
     echo(f"fails {FAILURES} times: payments waits for it while the other queues flow.\n")
     try:
         queue.start()
-        while queue.list_jobs(available=True) and time.monotonic() - clock < DEADLINE_SECONDS:
+        while (
+            queue.list_jobs(available=True)
+            and time.monotonic() - clock < DEADLINE_SECONDS
+            and not echo.lost.is_set()
+        ):
             time.sleep(0.05)
     finally:
         queue.stop(timeout=10)
@@ -152,6 +178,6 @@ def _run(path: Path, echo: Callable[[str], None]) -> bool:
         )
     if len(done) == len(ids):
         echo(f"all {len(ids)} jobs done in {elapsed:.1f}s")
-        return True
+        return not echo.lost.is_set()
     echo(f"only {len(done)} of {len(ids)} jobs done after {elapsed:.1f}s")
     return False

@@ -181,6 +181,38 @@ def test_demo_shows_the_failing_queue_retried_while_the_others_flow(tmp_path: Pa
     assert "Traceback" not in finished.stderr
 
 
+def test_demo_whose_reader_goes_away_stops_quietly_without_failing_jobs(tmp_path: Path) -> None:
+    """`queuetopia demo | head -2`: the closed pipe ends the demo; no attempt fails for it."""
+    with subprocess.Popen(
+        [*CLI, "demo", "--path", str(tmp_path / "demo.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = [process.stdout.readline() for _ in range(2)]
+        process.stdout.close()
+        try:
+            process.wait(timeout=30)  # the demo's own deadline is 60 s
+        finally:
+            process.kill()
+        stderr = process.stderr.read()
+    assert first[0].startswith("database: ")
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert process.returncode == 1
+    jobs = Queuetopia(repo=f"sqlite:///{tmp_path / 'demo.db'}")
+    try:
+        failed = [
+            j
+            for scope in jobs.known_scopes()
+            for j in Queuetopia(repo=jobs.engine, scope=scope).list_jobs()
+            if "BrokenPipeError" in (j.error or "")
+        ]
+    finally:
+        jobs.stop()
+    assert failed == []
+
+
 def test_demo_exits_non_zero_when_its_jobs_are_not_done_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

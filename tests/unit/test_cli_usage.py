@@ -182,6 +182,17 @@ def test_demo_performer_fails_the_first_attempts_then_succeeds_and_prints_each()
     assert "attempt 3" in lines[2] and "ok" in lines[2]
 
 
+def test_demo_performer_whose_output_is_gone_still_succeeds_and_says_so() -> None:
+    def closed_pipe(line: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    performer = DemoPerformer(echo=closed_pipe, attempt_seconds=0)
+    assert not performer.output_lost.is_set()
+    assert performer.perform(_job(1, fail_first=0)) is None
+    assert performer.output_lost.is_set()
+    performer.handle_failed_job(_job(1, fail_first=2))  # does not raise either
+
+
 # -- operations commands -------------------------------------------------------------------
 
 OPS_COMMANDS = [
