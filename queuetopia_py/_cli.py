@@ -67,7 +67,7 @@ from queuetopia_py._errors import (
 )
 from queuetopia_py._job import MAX_DURATION, STORED_STATES, Job, Page
 from queuetopia_py._queuetopia import Queuetopia
-from queuetopia_py._store.database import translate
+from queuetopia_py._store.database import sqlite_file, translate
 from queuetopia_py.migrations import LATEST, current_version, migrate
 
 # Named explicitly: under `python -m queuetopia_py._cli`, __name__ is "__main__".
@@ -210,7 +210,7 @@ def cli() -> None:
 
 
 @cli.command("migrate")
-@click.argument("url", envvar="QUEUETOPIA_MIGRATE_URL")
+@click.argument("url", envvar=["QUEUETOPIA_MIGRATE_URL", "QUEUETOPIA_REPO"])
 @click.option(
     "--prefix",
     default=defaults.TABLE_PREFIX,
@@ -243,7 +243,11 @@ def migrate_command(url: str, prefix: str, to: int | None) -> None:
     envvar="QUEUETOPIA_WORKER_QUEUE",
 )
 @click.option(
-    "--repo", default=None, show_envvar=True, help="Database URL (overrides the class's)."
+    "--repo",
+    default=None,
+    envvar=["QUEUETOPIA_WORKER_REPO", "QUEUETOPIA_REPO"],
+    show_envvar=True,
+    help="Database URL (overrides the class's).",
 )
 @click.option(
     "--poll-interval",
@@ -306,9 +310,13 @@ def worker_command(
             queue = queue_class(**overrides)
         except ConfigurationError as exc:
             if repo is None and str(exc).startswith("repo:"):
-                raise ConfigurationError(f"{exc} (give --repo or QUEUETOPIA_WORKER_REPO)") from exc
+                raise ConfigurationError(
+                    f"{exc} (give --repo, QUEUETOPIA_WORKER_REPO or QUEUETOPIA_REPO)"
+                ) from exc
             raise
     repo_url = queue.options.repo
+    if not isinstance(repo_url, sa.Engine):
+        _refuse_missing_sqlite_file(repo_url, queue.options.table_prefix)
     with expected_errors(None if isinstance(repo_url, sa.Engine) else repo_url):
         stop_requested = _stop_on_signals()
         queue.start()  # checks the schema first
@@ -524,21 +532,15 @@ class Tables:
         self._owner.stop()
 
 
-def _refuse_missing_sqlite_file(url: str, prefix: str) -> None:
+def _refuse_missing_sqlite_file(url: str | sa.URL, prefix: str) -> None:
     """SQLite would create a missing file: say the database does not exist instead."""
     try:
-        parsed = sa.make_url(url)
+        path = sqlite_file(sa.make_url(url))
     except Exception:
         return  # Queuetopia explains what is wrong with the URL
-    database = parsed.database
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and database not in (None, "", ":memory:")
-        and "uri" not in parsed.query
-        and not os.path.exists(database or "")
-    ):
+    if path is not None and not path.exists():
         raise click.ClickException(
-            f"no SQLite database at {database}: check the URL, or create the tables with "
+            f"no SQLite database at {path}: check the URL, or create the tables with "
             f"{_migrate_hint(prefix)}"
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -104,13 +105,13 @@ def create_engine(
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise ConfigurationError(
-                "repo: an in-memory SQLite database is private to one connection; "
-                "use a file (sqlite:///path/to/jobs.db)"
-            )
+        _check_sqlite_url(parsed)
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
-        engine = sa.create_engine(parsed, **kwargs)
+        try:
+            engine = sa.create_engine(parsed, **kwargs)
+        except sa.exc.ArgumentError as exc:
+            first_line = str(exc).splitlines()[0]
+            raise ConfigurationError(f"repo: {first_line}") from None
         _setup_sqlite(engine)
         return engine
     if parsed.get_backend_name() in ("mysql", "mariadb"):
@@ -158,6 +159,35 @@ def create_engine(
     if not kwargs.get("pool_pre_ping"):
         _ping_after_idle(engine, silence)
     return engine
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The absolute path of the file an SQLite URL names (None: not a plain file path,
+    such as a `file:` URI)."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if "uri" in url.query:
+        return None
+    return Path(url.database or "").absolute()
+
+
+def _check_sqlite_url(url: URL) -> None:
+    """Refuse the SQLite URLs SQLite would misread, naming the fix."""
+    if url.host:
+        named = f"{url.host}/{url.database or ''}"
+        raise ConfigurationError(
+            f"repo: this SQLite URL names a host ({url.host!r}), which SQLite has none of:"
+            f" put three slashes before a relative path (sqlite:///{named}) and four before"
+            f" an absolute one (sqlite:////{named})"
+        )
+    if url.database in (None, "", ":memory:"):
+        raise ConfigurationError(
+            "repo: an in-memory SQLite database is private to one connection; "
+            "use a file (sqlite:///path/to/jobs.db)"
+        )
+    path = sqlite_file(url)
+    if path is not None and not path.parent.is_dir():
+        raise ConfigurationError(f"repo: the directory of the SQLite file {path} does not exist")
 
 
 def _statement_bounds(url: URL, seconds: float) -> dict[str, Any]:

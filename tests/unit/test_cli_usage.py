@@ -127,6 +127,62 @@ def test_worker_reads_its_repo_from_the_environment(module_dir: str) -> None:
     assert "--repo" not in result.output
 
 
+@pytest.mark.parametrize("command", ["migrate", "worker"])
+def test_an_sqlite_url_with_two_slashes_is_explained_in_one_line(
+    module_dir: str, command: str
+) -> None:
+    url = "sqlite://tmp/x.db"
+    args = ["migrate", url] if command == "migrate" else ["worker", f"{module_dir}:UnitQueue"]
+    result = invoke(*args, env={"QUEUETOPIA_WORKER_REPO": url})
+    assert_clean_failure(
+        result, "repo:", "names a host", "sqlite:///tmp/x.db", "sqlite:////tmp/x.db"
+    )
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", ["migrate", "worker", "queues"])
+def test_a_relative_sqlite_path_is_named_in_full(
+    module_dir: str, tmp_path: Path, command: str
+) -> None:
+    url = "sqlite:///no-such-dir/jobs.db"
+    args = {
+        "migrate": ["migrate", url],
+        "worker": ["worker", f"{module_dir}:UnitQueue", "--repo", url],
+        "queues": ["queues", "--repo", url],
+    }[command]
+    result = invoke(*args)
+    assert_clean_failure(result, str(tmp_path / "no-such-dir" / "jobs.db"))
+
+
+def test_the_worker_refuses_a_missing_sqlite_file_without_creating_it(
+    module_dir: str, tmp_path: Path
+) -> None:
+    result = invoke("worker", f"{module_dir}:UnitQueue", "--repo", "sqlite:///missing.db")
+    assert_clean_failure(
+        result, f"no SQLite database at {tmp_path / 'missing.db'}", "queuetopia migrate"
+    )
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_migrate_and_worker_read_the_common_repo_variable(module_dir: str, tmp_path: Path) -> None:
+    env = {"QUEUETOPIA_REPO": "sqlite:///common.db"}
+    migrated = invoke("migrate", env=env)
+    assert migrated.exit_code == 0, migrated.output
+    assert (tmp_path / "common.db").exists()
+    # The worker finds the same database: pointed at a missing one, it names it.
+    missing = invoke(
+        "worker", f"{module_dir}:UnitQueue", env={"QUEUETOPIA_REPO": "sqlite:///gone.db"}
+    )
+    assert_clean_failure(missing, str(tmp_path / "gone.db"))
+    # The command's own variable wins over the common one.
+    own = invoke(
+        "worker",
+        f"{module_dir}:UnitQueue",
+        env={"QUEUETOPIA_REPO": "sqlite:///common.db", "QUEUETOPIA_WORKER_REPO": "sqlite://"},
+    )
+    assert_clean_failure(own, "in-memory SQLite")
+
+
 def test_worker_reads_its_poll_interval_from_the_environment(module_dir: str) -> None:
     env = {"QUEUETOPIA_WORKER_POLL_INTERVAL": "-3"}
     result = invoke("worker", f"{module_dir}:UnitQueue", env=env)

@@ -41,6 +41,8 @@ ALLOWED = {
     # `queuetopia worker MODULE:CLASS` imports the class named on the command line.
     ("_cli.py", "importlib"),
     ("_cli.py", "import_module"),
+    # `__version__`: the installed distribution's metadata (importlib.metadata), no import.
+    ("__init__.py", "importlib"),
 }
 
 
