@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -30,6 +32,39 @@ _MODULES = ["v001_initial", "v002_operations", "v003_queues"]
 
 def _versions() -> list[ModuleType]:
     return [importlib.import_module(f"{__name__}.{name}") for name in _MODULES]
+
+
+# Alembic reports at INFO what it sets up for each migration context (its plugins, the
+# dialect's implementation): noise for `migrate()`'s callers, who did not ask for Alembic.
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
+class _QuietThread(logging.Filter):
+    """Drops the records below WARNING logged by one thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.thread != self.thread
+
+
+def _operations(connection: Connection) -> Operations:
+    """Alembic operations on `connection`, set up without Alembic's INFO lines (those it
+    logs for other threads and for the application's own migrations still pass)."""
+    quiet = _QuietThread()
+    loggers = [logging.getLogger(name) for name in _ALEMBIC_LOGGERS]
+    for each in loggers:
+        each.addFilter(quiet)
+    try:
+        from alembic.migration import MigrationContext
+        from alembic.operations import Operations
+
+        return Operations(MigrationContext.configure(connection))
+    finally:
+        for each in loggers:
+            each.removeFilter(quiet)
 
 
 #: The newest schema version.
@@ -149,9 +184,6 @@ def migrate(
     >>> migrate("postgresql+psycopg://localhost/app")
     2
     """
-    from alembic.migration import MigrationContext
-    from alembic.operations import Operations
-
     from queuetopia_py._store.database import create_engine, translate
 
     check_prefix(prefix)
@@ -162,7 +194,7 @@ def migrate(
             connection.commit()
             with connection.begin():
                 _unbounded(connection)
-                op = Operations(MigrationContext.configure(connection))
+                op = _operations(connection)
                 current = _known_version(connection, prefix)
                 target = LATEST if to is None else to
                 if target >= current:

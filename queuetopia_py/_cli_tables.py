@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from queuetopia_py._job import Job, JobState, JobSummary, MoveTo, Page
+from queuetopia_py._job import Job, JobState, JobSummary, MoveTo, Page, error_line
 from queuetopia_py._status import QueueStatus, RunningAttempt, Status, Suspension
 
 #: The queue states the `queues` table shows, most pressing first.
@@ -68,17 +68,8 @@ def first_line(text: str | None, width: int = ERROR_WIDTH) -> str:
 
 
 def error_summary(error: str | None, width: int = ERROR_WIDTH) -> str:
-    """The line that says what went wrong, cut to `width`: for a Python traceback, the
-    exception line after the last "Traceback" header; otherwise the first line."""
-    lines = (error or "").splitlines()
-    headers = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
-    if headers:
-        after = lines[headers[-1] + 1 :]
-        found = next((line for line in after if line.strip() and not line[0].isspace()), None)
-        if found is None:  # the stored traceback was cut before its exception line
-            found = next((line for line in reversed(after) if line.strip()), "")
-        return shorten(found.strip(), width)
-    return first_line(error, width)
+    """The line that says what went wrong (`error_line`), cut to `width`."""
+    return shorten(error_line(error), width)
 
 
 def shorten(text: str, width: int) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from queuetopia_py._job import Job
+from queuetopia_py._job import Job, error_line
 from queuetopia_py._performer import Performer
 from queuetopia_py._queuetopia import Queuetopia
 from queuetopia_py.migrations import migrate
@@ -101,12 +101,11 @@ class DemoPerformer(Performer):
 
     def handle_failed_job(self, job: Job) -> None:
         """Print the failed attempt and when it is retried."""
-        last_line = (job.error or "").strip().splitlines()[-1:] or [""]
         if job.next_attempt_at is None:
             then = job.state.replace("_", " ")
         else:
             then = f"retry at {self._elapsed(job.next_attempt_at):5.2f}s"
-        outcome = click.style(f"failed: {last_line[0]}; {then}", fg="red")
+        outcome = click.style(f"failed: {error_line(job.error)}; {then}", fg="red")
         self._print(job, outcome)
 
     def _elapsed(self, instant: datetime) -> float:

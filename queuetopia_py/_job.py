@@ -429,3 +429,22 @@ def to_result(value: object) -> tuple[Any, str | None]:
         return json.loads(_dumps("result", value)), None
     except (InvalidJobError, TypeError, ValueError) as exc:
         return None, str(exc)
+
+
+def error_line(error: str | None) -> str:
+    """The line of a stored error that says what went wrong: for a Python traceback, the
+    exception line after the last "Traceback" header (the first line of its message);
+    otherwise the first non-blank line.
+
+    >>> error_line("Traceback (most recent call last):\n  File ...\nValueError: bad\nmore")
+    'ValueError: bad'
+    """
+    lines = (error or "").splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if headers:
+        after = lines[headers[-1] + 1 :]
+        found = next((line for line in after if line.strip() and not line[0].isspace()), None)
+        if found is None:  # the stored traceback was cut before its exception line
+            found = next((line for line in reversed(after) if line.strip()), "")
+        return found.strip()
+    return next((line.strip() for line in lines if line.strip()), "")

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from queuetopia_py._attempts import Attempted, AttemptRunner
@@ -35,6 +36,15 @@ from queuetopia_py._store.locks import Claim, Interrupted, NotDue, Taken
 from queuetopia_py.events import EventBus
 
 logger = logging.getLogger("queuetopia_py.scheduler")
+
+# The interval triggers run on APScheduler, whose scheduler and executor log each start,
+# stop and run at INFO: under loggers of their own, quiet below WARNING unless a user
+# lowers their level (the application's own APScheduler loggers are left alone).
+_TRIGGERS = "queuetopia_py"
+_triggers_logger = logging.getLogger("queuetopia_py.scheduler.triggers")
+for _quiet in (_triggers_logger, logging.getLogger(f"apscheduler.executors.{_TRIGGERS}")):
+    if _quiet.level == logging.NOTSET:
+        _quiet.setLevel(logging.WARNING)
 
 # After an error in the poll itself (database down...), wait this long, doubling up to
 # the poll interval or `_ERROR_PAUSE_MAX`, whichever is shorter.
@@ -118,23 +128,18 @@ class Scheduler:
         if self.state is not RunState.STOPPED:
             return
         self.state = RunState.RUNNING
-        self._triggers = BackgroundScheduler(daemon=True)
+        self._triggers = BackgroundScheduler(
+            daemon=True,
+            logger=_triggers_logger,
+            executors={_TRIGGERS: ThreadPoolExecutor(2)},
+        )
+        triggered = {"executor": _TRIGGERS, "coalesce": True, "max_instances": 1}
         self._triggers.add_job(
-            self.wake,
-            "interval",
-            seconds=self.poll_interval,
-            id="poll",
-            coalesce=True,
-            max_instances=1,
+            self.wake, "interval", seconds=self.poll_interval, id="poll", **triggered
         )
         if self._cleaner is not None and self._cleanup_interval:
             self._triggers.add_job(
-                self._clean,
-                "interval",
-                seconds=self._cleanup_interval,
-                id="cleanup",
-                coalesce=True,
-                max_instances=1,
+                self._clean, "interval", seconds=self._cleanup_interval, id="cleanup", **triggered
             )
         self._triggers.start()
         self._dispatcher = threading.Thread(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from queuetopia_py._job import Job
+from queuetopia_py._job import Job, error_line
 
 logger = logging.getLogger("queuetopia_py.events")
 
@@ -175,15 +175,40 @@ def log_event(event: Event) -> None:
     if event.duration is not None:
         extra["duration"] = round(event.duration, 6)
     if event.error is not None:
-        lines = event.error.strip().splitlines()
-        extra["error"] = lines[-1] if lines else ""
+        extra["error"] = error_line(event.error)
     if event.moved_to is not None:
         extra["moved_to"] = event.moved_to.id
-    message = event.kind.value.replace("_", " ")
-    if event.job is not None and event.kind is EventKind.ATTEMPT_FAILED:
-        next_at = event.job.next_attempt_at
-        message += f"; next attempt at {next_at.isoformat()}" if next_at else ""
-    _log.log(level, message, extra=extra)
+    _log.log(level, _message(event), extra=extra)
+
+
+def _message(event: Event) -> str:
+    """One line that reads without the record's fields (Python's default handler prints
+    only the message): what happened, to which job of which queue and scope, the attempt,
+    the error's line and what comes next, e.g. `attempt failed: job 12 (send_mail),
+    queue mails_1, scope mail, attempt 1/20: ValueError: no such mailbox; next attempt
+    at 2026-12-06T10:00:03+00:00`."""
+    job = event.job
+    about = [] if job is None else [f"job {job.id} ({job.action})"]
+    if event.queue is not None:
+        about.append(f"queue {event.queue}")
+    about.append(f"scope {event.scope}")
+    if event.attempt is not None and job is not None and job.round_attempts:
+        # Of the attempts the job has left (an operator's retry starts a new round).
+        about.append(f"attempt {job.round_attempts}/{job.max_attempts}")
+    elif event.attempt is not None:
+        about.append(f"attempt {event.attempt}")
+    if event.by is not None:
+        about.append(f"by {event.by}")
+    message = f"{event.kind.value.replace('_', ' ')}: {', '.join(about)}"
+    if event.error is not None:
+        message += f": {error_line(event.error)}"
+    if event.reason:
+        message += f" ({event.reason})"
+    if job is not None and event.kind is EventKind.ATTEMPT_FAILED and job.next_attempt_at:
+        message += f"; next attempt at {job.next_attempt_at.isoformat()}"
+    if event.moved_to is not None:
+        message += f"; moved to job {event.moved_to.id} in queue {event.moved_to.queue}"
+    return message
 
 
 process_bus.subscribe(log_event)
