@@ -8,10 +8,12 @@ import getpass
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy.engine import Connection, Engine
@@ -76,6 +78,25 @@ _JOB_ITEM_KEYS = frozenset(
 # The default scope of `Queuetopia` itself: the name it has had since it was defined in
 # the module `queuetopia_py.queuetopia` (jobs stored under it stay in view).
 _BASE_SCOPE = "queuetopia_py.queuetopia.Queuetopia"
+
+
+def default_scope(cls: type) -> str:
+    """`<module>.<QualName>` of `cls`, its module named as an import would name it: a
+    class of a program run as a script (`python app.py`, module `__main__`) gets the scope
+    the same class gets when a worker imports it (`queuetopia worker app:MailQueue`)."""
+    module = cls.__module__
+    # `__mp_main__`: the same program, loaded again by a spawned multiprocessing child.
+    if module in ("__main__", "__mp_main__"):
+        main = sys.modules.get(module)
+        spec = getattr(main, "__spec__", None)
+        path = getattr(main, "__file__", None)
+        if spec is not None and spec.name:  # python -m pkg.app
+            module = spec.name
+        elif path:  # python app.py: what `import app` names it, from its directory
+            module = Path(path).stem
+    return f"{module}.{cls.__qualname__}"
+
+
 _FAILED_ERRORS: dict[JobState, type[JobFailedError]] = {
     JobState.GIVEN_UP: JobGivenUpError,
     JobState.CANCELLED: JobCancelledError,
@@ -115,7 +136,7 @@ class Queuetopia:
 
     def __init__(self, **options: Any) -> None:
         cls = type(self)
-        scope = _BASE_SCOPE if cls is Queuetopia else f"{cls.__module__}.{cls.__qualname__}"
+        scope = _BASE_SCOPE if cls is Queuetopia else default_scope(cls)
         self.options = Options.parse({**cls._class_options, **options}, scope)
         repo = self.options.repo
         self._owns_engine = not isinstance(repo, Engine)
@@ -533,6 +554,26 @@ class Queuetopia:
 
     # -- scheduler ---------------------------------------------------------------------
 
+    def _hint_other_scopes(self) -> None:
+        """Warn when this scope has no jobs while other scopes of the tables have some:
+        jobs created under another scope (another class name, module or `scope=`) never
+        run here, and nothing else would say so."""
+        known = self._inspection.known_scopes()
+        others = [scope for scope in known if scope != self.scope]
+        if self.scope in known or not others:
+            return
+        shown = ", ".join(repr(scope) for scope in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        logger.warning(
+            "scope %r has no jobs, while these tables hold jobs of other scopes: %s%s. A job"
+            " created under another scope never runs here: where jobs are created and where"
+            " they run, give the class the same `scope=` (or the same module and name)",
+            self.scope,
+            shown,
+            more,
+            extra={"scope": self.scope},
+        )
+
     def start(self) -> None:
         """Start running this scope's queues in the background; returns at once.
 
@@ -547,6 +588,7 @@ class Queuetopia:
         if performer is None:
             raise ConfigurationError("performer: required to start the scheduler")
         check_schema(self._db)
+        self._hint_other_scopes()
         instance = performer() if isinstance(performer, type) else performer
         executor: Executor = (
             ProcessExecutor(performer)
