@@ -4,11 +4,13 @@ program run as a script and a worker importing it see the same jobs."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from queuetopia_py import Job, Performer, Queuetopia, migrate
 
@@ -106,3 +108,32 @@ def test_a_node_whose_scope_has_no_jobs_while_others_do_says_which_scopes_have(
     # Once its own scope has jobs, a node says nothing.
     Queuetopia(repo=url, scope="app.MailQueue").create_job("q", "a", {})
     assert started_logs(url, "app.MailQueue", caplog) == []
+
+
+def test_the_documented_statements_move_a_scopes_jobs(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "migrations.md").read_text()
+    section = text[text.index("## Moving jobs to another scope") :]
+    (statements,) = re.findall(r"```sql\n(.*?)```", section, re.S)[:1]
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    migrate(url)
+    old = Queuetopia(repo=url, scope="__main__.MailQueue")
+    jobs = [old.create_job("q", "a", {"n": n}) for n in range(3)]
+    old.suspend("q")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for statement in statements.split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement))
+    engine.dispose()
+    assert old.list_jobs() == []
+    new = Queuetopia(repo=url, scope="app.MailQueue", performer=Nothing(), poll_interval=60)
+    assert [j.id for j in new.list_jobs()] == [j.id for j in jobs]
+    assert [s.queue for s in new.suspensions()] == ["q"]
+    new.resume("q")
+    new.start()
+    try:
+        for job in jobs:
+            new.wait_for(job.id, timeout=30)
+    finally:
+        new.stop()
+    assert new.status().queue_count == 0
