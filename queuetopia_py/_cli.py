@@ -430,6 +430,17 @@ def ops_options(command: F) -> F:
     return command
 
 
+def force_option(command: F) -> F:
+    """`--force`: act on a --scope the tables do not hold (yet)."""
+    return click.option(
+        "--force",
+        is_flag=True,
+        default=False,
+        help="Use --scope even if the tables hold no job of it (else: refused, with the"
+        " scopes they hold, as a likely typo).",
+    )(command)
+
+
 def _migrate_hint(prefix: str) -> str:
     extra = "" if prefix == defaults.TABLE_PREFIX else f" --prefix {prefix}"
     return f"`queuetopia migrate URL{extra}`"
@@ -510,6 +521,26 @@ class Tables:
             )
         return scopes[0] if scopes else None
 
+    def resolve_scope(self, scope: str | None, *, force: bool = False) -> str | None:
+        """The scope a command acts on: `scope` when the tables know it, or hold no
+        scope at all, or with `force` (a usage error listing the known scopes
+        otherwise: a mistyped scope would silently act on nothing); without one, the
+        only scope of the tables (see `only_scope`)."""
+        if scope is None:
+            return self.only_scope()
+        if force:
+            return scope
+        known = self.known_scopes()
+        if known and scope not in known:
+            shown = ", ".join(repr(name) for name in known[:10])
+            more = f" and {len(known) - 10} more" if len(known) > 10 else ""
+            raise click.UsageError(
+                f"unknown scope {scope!r}: the tables hold {shown}{more}"
+                " (--force to use it anyway)",
+                click.get_current_context(silent=True),
+            )
+        return scope
+
     def instance_of(self, job_id: int, scope: str | None) -> Queuetopia:
         """The instance of the scope holding job `job_id` (looked up unless `scope` is
         given); `JobNotFoundError` when no such job exists."""
@@ -584,9 +615,16 @@ def echo_json(document: Any) -> None:
     metavar="QUEUE",
     help="With --scope: show the queues that follow QUEUE (the next page).",
 )
+@force_option
 @ops_options
 def queues_command(
-    scope: str | None, limit: int, after: str | None, repo: str, prefix: str, as_json: bool
+    scope: str | None,
+    limit: int,
+    after: str | None,
+    force: bool,
+    repo: str,
+    prefix: str,
+    as_json: bool,
 ) -> None:
     """Show the status of each queue with pending work and the running attempts.
 
@@ -601,6 +639,8 @@ def queues_command(
     if after is not None and scope is None:
         raise click.UsageError("--after needs --scope: a page follows a queue of one scope")
     with open_tables(repo, prefix) as tables:
+        if scope is not None:
+            scope = tables.resolve_scope(scope, force=force)
         scopes = [scope] if scope is not None else tables.known_scopes()
         statuses = [tables.scope(name).status(limit, after=after) for name in scopes]
     if as_json:
@@ -643,6 +683,7 @@ def jobs_group() -> None:
     help="List the jobs that follow job ID (instead of --page): as fast deep in the"
     " history as at its start, without counting the total.",
 )
+@force_option
 @ops_options
 def jobs_list_command(
     scope: str | None,
@@ -652,6 +693,7 @@ def jobs_list_command(
     page: int,
     page_size: int,
     after: int | None,
+    force: bool,
     repo: str,
     prefix: str,
     as_json: bool,
@@ -665,8 +707,7 @@ def jobs_list_command(
     if after is not None and page != 1:
         raise click.UsageError("--after and --page choose the page two ways: give one")
     with open_tables(repo, prefix) as tables:
-        if scope is None:
-            scope = tables.only_scope()
+        scope = tables.resolve_scope(scope, force=force)
         if scope is None:  # no job, lock or suspension at all in these tables
             listing = Page(items=[], total=0, page_number=page, page_size=page_size)
         elif after is not None:
@@ -811,6 +852,7 @@ def _instant_callback(
     show_default=False,
     help="give_up (default), block, or move_to:QUEUE.",
 )
+@force_option
 @ops_options
 def jobs_create_command(
     queue: str,
@@ -822,6 +864,7 @@ def jobs_create_command(
     max_attempts: int | None,
     scheduled_at: datetime | None,
     on_failure: str | None,
+    force: bool,
     repo: str,
     prefix: str,
     as_json: bool,
@@ -832,6 +875,7 @@ def jobs_create_command(
     Runs `create_job`: a job is written whole, or (an invalid value) not at all.
     """
     with open_tables(repo, prefix) as tables:
+        tables.resolve_scope(scope, force=force)
         job = tables.scope(scope).create_job(
             queue,
             action,
@@ -861,17 +905,34 @@ def _suspension_options(verb: str, reason_help: str) -> Callable[[F], F]:
             command
         )
         command = click.option("--reason", default=None, help=reason_help)(command)
-        command = click.option("--scope", required=True, help="Scope of the queue.")(command)
+        command = click.option(
+            "--scope",
+            default=None,
+            help="Scope of the queue (required when the tables hold several).",
+        )(command)
+        command = force_option(command)
         return click.argument("queue", required=False, default=None)(command)
 
     return decorate
+
+
+def _scope_to_suspend(tables: Tables, scope: str | None, force: bool) -> str:
+    """The scope suspend/resume act on: --scope, or the only one of the tables."""
+    resolved = tables.resolve_scope(scope, force=force)
+    if resolved is None:
+        raise click.UsageError(
+            "--scope is required: the tables hold no scope yet",
+            click.get_current_context(silent=True),
+        )
+    return resolved
 
 
 @cli.command("suspend")
 @_suspension_options("suspends", "Why (recorded with the suspension).")
 def suspend_command(
     queue: str | None,
-    scope: str,
+    force: bool,
+    scope: str | None,
     reason: str | None,
     by: str | None,
     repo: str,
@@ -885,6 +946,7 @@ def suspend_command(
     record.
     """
     with open_tables(repo, prefix) as tables:
+        scope = _scope_to_suspend(tables, scope, force)
         suspension = tables.scope(scope).suspend(queue, by=by, reason=reason)
     if as_json:
         echo_json(suspension)
@@ -896,7 +958,8 @@ def suspend_command(
 @_suspension_options("resumes", "Why.")
 def resume_command(
     queue: str | None,
-    scope: str,
+    force: bool,
+    scope: str | None,
     reason: str | None,
     by: str | None,
     repo: str,
@@ -909,6 +972,7 @@ def resume_command(
     suspended.
     """
     with open_tables(repo, prefix) as tables:
+        scope = _scope_to_suspend(tables, scope, force)
         instance = tables.scope(scope)
         resumed = instance.resume(queue, by=by, reason=reason)
         scope_suspended = queue is not None and any(s.queue is None for s in instance.suspensions())
@@ -1034,11 +1098,13 @@ for _action in _JOB_ACTION_HELP:
     help="Also delete jobs that ended without success (given up, cancelled, aborted, "
     "dead-lettered) that long ago.",
 )
+@force_option
 @ops_options
 def cleanup_command(
     scope: str,
     older_than: float | None,
     include_ended: bool,
+    force: bool,
     repo: str,
     prefix: str,
     as_json: bool,
@@ -1049,6 +1115,7 @@ def cleanup_command(
     (with --include-ended, also those that ended without success that long ago).
     """
     with open_tables(repo, prefix) as tables:
+        tables.resolve_scope(scope, force=force)
         instance = tables.scope(scope)
         if older_than is None:
             deleted = instance.cleanup_jobs(include_ended=include_ended)

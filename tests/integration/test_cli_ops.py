@@ -485,3 +485,67 @@ def test_commands_on_tables_of_an_older_schema_version_say_to_run_migrate(db_url
     migrate(db_url, to=1)
     result = run(db_url, "queues")
     assert_fails(result, f"schema version 1, this version needs {LATEST}", "queuetopia migrate")
+
+
+# -- scopes --------------------------------------------------------------------------------
+
+
+def assert_unknown_scope(result: Result, scope: str, *known: str) -> None:
+    """A usage error naming the unknown scope, the known ones and --force."""
+    assert result.exit_code == 2, result.output
+    assert f"unknown scope {scope!r}" in result.stderr
+    assert "--force" in result.stderr
+    for name in known:
+        assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["queues", "--scope", "shpo"],
+        ["jobs", "list", "--scope", "shpo"],
+        ["jobs", "create", "q", "a", "--scope", "shpo"],
+        ["suspend", "payments", "--scope", "shpo"],
+        ["resume", "payments", "--scope", "shpo"],
+        ["cleanup", "--scope", "shpo"],
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_a_mistyped_scope_is_refused_with_the_known_ones_unless_forced(
+    url: str, client: Queuetopia, command: list[str]
+) -> None:
+    client.create_job("payments", "charge", {})
+    before = Queuetopia(repo=url, scope="shpo")
+    try:
+        assert_unknown_scope(run(url, *command), "shpo", SCOPE)
+        assert before.list_jobs() == [] and before.suspensions() == []
+        assert_ok(run(url, *command, "--force"))
+    finally:
+        before.stop()
+
+
+def test_suspend_and_resume_need_no_scope_when_the_tables_hold_one(
+    url: str, client: Queuetopia
+) -> None:
+    client.create_job("payments", "charge", {})
+    assert_ok(run(url, "suspend", "payments"))
+    assert [s.queue for s in client.suspensions()] == ["payments"]
+    assert_ok(run(url, "resume", "payments"))
+    assert client.suspensions() == []
+    other = Queuetopia(repo=url, scope="other")
+    try:
+        other.create_job("q", "a", {})
+        several = run(url, "suspend", "payments")
+        assert several.exit_code == 2 and "--scope is required" in several.stderr
+    finally:
+        other.stop()
+
+
+def test_a_scope_may_be_named_first_in_empty_tables(url: str) -> None:
+    created = run(url, "jobs", "create", "q", "a", "--scope", "first")
+    assert_ok(created)
+    reader = Queuetopia(repo=url, scope="first")
+    try:
+        assert len(reader.list_jobs()) == 1
+    finally:
+        reader.stop()

@@ -204,7 +204,8 @@ def test_names_are_stored_exactly_or_refused(
 @given(scope=names)
 def test_scopes_are_used_exactly_or_refused(url: str, scope: str) -> None:
     result = CliRunner().invoke(
-        cli, ["jobs", "create", "--repo", url, "--json", "--scope", scope, "--", "q", "a"]
+        cli,
+        ["jobs", "create", "--repo", url, "--json", "--scope", scope, "--force", "--", "q", "a"],
     )
     acceptable = is_name(scope)
     reader = Queuetopia(repo=url, scope=scope if acceptable else "other")

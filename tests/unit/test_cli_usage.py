@@ -303,8 +303,6 @@ def test_each_operations_command_needs_a_repo(command: list[str]) -> None:
         (["jobs", "list", "--page", "0"], "0 is not in the range 1<=x<="),
         (["jobs", "list", "--page-size", "-1"], "-1 is not in the range 1<=x<=10000"),
         (["cleanup", "--scope", "s", "--older-than", "soon"], "'soon' is not a valid float"),
-        (["suspend", "q"], "Missing option '--scope'"),
-        (["resume"], "Missing option '--scope'"),
         (["cleanup"], "Missing option '--scope'"),
     ],
 )
