@@ -651,7 +651,7 @@ def queues_command(
 
 @cli.group("jobs")
 def jobs_group() -> None:
-    """List jobs or show one."""
+    """List, show or create jobs."""
 
 
 @jobs_group.command("list")

@@ -104,7 +104,8 @@ def fmt_relative(value: datetime | None, now: datetime) -> str:
     """An instant with how far it is from `now`: `12:00:05 (in 5s)`, `(3m ago)`."""
     if value is None:
         return "-"
-    delta = value - now
+    # Whole seconds: the times shown are to the second.
+    delta = timedelta(seconds=round((value - now).total_seconds()))
     if abs(delta) < timedelta(seconds=1):
         when = "now"
     elif delta > timedelta(0):

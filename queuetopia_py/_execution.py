@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import inspect
@@ -25,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from types import TracebackType
 from typing import Any, Protocol
 
 from queuetopia_py import defaults
@@ -58,9 +60,28 @@ def call_perform(performer: Performer, job: Job) -> object:
     return value
 
 
+# Frames of the machinery that calls `perform` (this package, and the futures an
+# attempt thread hands its outcome through): left out of a stored traceback's start.
+_MACHINERY = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__)) + os.sep,
+)
+
+
+def _own_frames(tb: TracebackType | None) -> TracebackType | None:
+    """`tb` from its first frame outside the machinery (all of it when the error was
+    raised inside the machinery itself)."""
+    start = tb
+    while start is not None and start.tb_frame.f_code.co_filename.startswith(_MACHINERY):
+        start = start.tb_next
+    return start if start is not None else tb
+
+
 def describe_exception(exc: BaseException) -> str:
-    """The error recorded for a failed attempt: type, message and traceback."""
-    text = "".join(traceback.format_exception(exc)).strip()
+    """The error recorded for a failed attempt: type, message and traceback, the
+    traceback starting at the performer's own code."""
+    lines = traceback.format_exception(type(exc), exc, _own_frames(exc.__traceback__))
+    text = "".join(lines).strip()
     return text if len(text) <= _MAX_ERROR_LENGTH else text[: _MAX_ERROR_LENGTH - 3] + "..."
 
 

@@ -190,3 +190,28 @@ def test_wait_for_returns_once_another_instance_runs_the_job(
     worker.start()
     waiter.join(40)
     assert result == [{"sent": 7, "to": ["a@b.c"]}]
+
+
+class DecliningPerformer(Performer):
+    def perform(self, job: Job) -> object:
+        return self.charge(job.params["card"])
+
+    def charge(self, card: str) -> object:
+        raise RuntimeError(f"card {card} declined")
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_stored_traceback_starts_at_the_performers_own_frame(
+    make_queue: Callable, executor: str
+) -> None:
+    queue = make_queue(performer=DecliningPerformer, executor=executor, poll_interval=0.2)
+    job = queue.create_job("q", "a", {"card": "4242"}, max_attempts=1)
+    queue.start()
+    with pytest.raises(JobGivenUpError):
+        queue.wait_for(job.id, timeout=60)
+    error = queue.get_job(job.id).error or ""
+    lines = error.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1].startswith(f'  File "{__file__}"') and lines[1].endswith("in perform")
+    assert "queuetopia_py" not in error and "concurrent" not in error, error
+    assert lines[-1] == "RuntimeError: card 4242 declined"

@@ -386,6 +386,16 @@ def test_durations_are_shown_in_their_largest_units(seconds: float, shown: str) 
     assert cli_tables.fmt_duration(timedelta(seconds=seconds)) == shown
 
 
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(8.23, "(in 8s)"), (-8.6, "(9s ago)"), (0.4, "(now)"), (75.5, "(in 1m16s)")],
+)
+def test_instants_are_shown_with_whole_seconds_from_now(seconds: float, shown: str) -> None:
+    now = datetime(2025, 5, 1, 9, 30, 21)
+    text = cli_tables.fmt_relative(now + timedelta(seconds=seconds), now)
+    assert text.endswith(f" {shown}"), text
+
 def test_table_cells_stay_on_one_line() -> None:
     lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])
     assert len(lines) == 2
@@ -417,3 +427,10 @@ def test_python_dash_m_runs_the_command_line() -> None:
     )
     assert usage.returncode == 2
     assert "No such command 'no-such-command'" in usage.stderr
+
+
+def test_the_jobs_group_says_it_creates_jobs_too() -> None:
+    result = invoke("jobs", "--help")
+    assert result.exit_code == 0
+    assert "List, show or create jobs." in result.output
+    assert "create" in result.output.split("Commands:")[1]
