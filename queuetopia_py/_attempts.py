@@ -10,9 +10,10 @@ import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from queuetopia_py import defaults
 from queuetopia_py._backoff import default_backoff, next_attempt_at
 from queuetopia_py._execution import Executor, Outcome, describe_exception
-from queuetopia_py._job import Job, JobState
+from queuetopia_py._job import Job, JobState, limit_result
 from queuetopia_py._lease import LeaseKeeper
 from queuetopia_py._performer import Performer
 from queuetopia_py._progress import ProgressWriter
@@ -50,8 +51,12 @@ class AttemptRunner:
         performer: Performer,
         events: EventBus,
         lease: LeaseKeeper | None = None,
+        *,
+        max_result_bytes: int = defaults.MAX_PARAMS_BYTES,
     ) -> None:
         self.records = records
+        #: Results larger than this (bytes of JSON) are stored as null (`max_params_bytes`).
+        self.max_result_bytes = max_result_bytes
         self.executor = executor
         self.performer = performer
         self.events = events
@@ -117,17 +122,19 @@ class AttemptRunner:
     ) -> Following:
         job = claim.job
         log = {"scope": job.scope, "queue": job.queue, "job_id": job.id}
-        if outcome.result_problem is not None:
+        result, problem = outcome.result, outcome.result_problem
+        if problem is None:
+            result, problem = limit_result(result, self.max_result_bytes)
+        if problem is not None:
+            what = "is not JSON" if outcome.result_problem is not None else "is too large"
             logger.warning(
-                "perform returned a value that is not JSON; stored no result: %s",
-                outcome.result_problem,
-                extra=log,
+                "perform returned a value that %s; stored no result: %s", what, problem, extra=log
             )
         following: Following = None
         if claim_next:
-            done, following = self.records.record_success_and_claim(claim, outcome.result)
+            done, following = self.records.record_success_and_claim(claim, result)
         else:
-            done = self.records.record_success(claim, outcome.result)
+            done = self.records.record_success(claim, result)
         if done is None:
             logger.warning(
                 "success not recorded: the attempt was recorded already or its lock was taken over",

@@ -253,6 +253,8 @@ class NewJob:
     scheduled_at: datetime | None
     on_failure: OnFailure = OnFailure.GIVE_UP
     dead_letter_queue: str | None = None
+    #: The size of `params` as JSON text (0: not measured).
+    params_bytes: int = 0
 
 
 def validate_name(field: str, value: object) -> str:
@@ -340,14 +342,34 @@ def _check_text(field: str, text: str) -> None:
         ) from None
 
 
-def to_params(value: object) -> dict[str, Any]:
-    """Validate that `value` is a JSON object and return the copy that will be stored."""
+def to_params(value: object, max_bytes: int = defaults.MAX_PARAMS_BYTES) -> dict[str, Any]:
+    """Validate that `value` is a JSON object of at most `max_bytes` bytes of JSON text
+    and return the copy that will be stored."""
+    return sized_params(value, max_bytes)[0]
+
+
+def sized_params(value: object, max_bytes: int) -> tuple[dict[str, Any], int]:
+    """`to_params`, with the size of the params in bytes of JSON text."""
     if not isinstance(value, Mapping):
         raise InvalidJobError("params", value, "must be a JSON object (a dict)")
     _check_json("params", value, 0)
+    text = _dumps("params", value)
+    size = json_bytes(text)
+    if size > max_bytes:
+        raise InvalidJobError(
+            "params",
+            "...",
+            f"is {size:,} bytes of JSON, more than max_params_bytes ({max_bytes:,}): store"
+            " big data elsewhere and pass a reference to it",
+        )
     # A JSON round trip gives exactly what a reader of the row will get back.
-    loaded: dict[str, Any] = json.loads(_dumps("params", value))
-    return loaded
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded, size
+
+
+def json_bytes(text: str) -> int:
+    """The size of JSON text in bytes, as a database stores it (UTF-8)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _dumps(field: str, value: object) -> str:
@@ -383,13 +405,18 @@ def validate_new_job(
     max_attempts: object,
     scheduled_at: object,
     on_failure: object = OnFailure.GIVE_UP,
+    max_params_bytes: int = defaults.MAX_PARAMS_BYTES,
 ) -> NewJob:
     """Check every argument of `create_job`; raise `InvalidJobError` naming the first bad one."""
     mode, dead_letter = to_on_failure(on_failure)
+    checked_queue = validate_name("queue", queue)
+    checked_action = validate_name("action", action)
+    stored_params, size = sized_params(params, max_params_bytes)
     return NewJob(
-        queue=validate_name("queue", queue),
-        action=validate_name("action", action),
-        params=to_params(params),
+        queue=checked_queue,
+        action=checked_action,
+        params=stored_params,
+        params_bytes=size,
         timeout=to_timedelta("timeout", timeout),
         max_backoff=to_timedelta("max_backoff", max_backoff, allow_zero=True),
         max_attempts=to_max_attempts(max_attempts),
@@ -429,6 +456,17 @@ def to_result(value: object) -> tuple[Any, str | None]:
         return json.loads(_dumps("result", value)), None
     except (InvalidJobError, TypeError, ValueError) as exc:
         return None, str(exc)
+
+
+def limit_result(result: Any, max_bytes: int) -> tuple[Any, str | None]:
+    """`result` (a JSON value, from `to_result`) if it is at most `max_bytes` bytes of
+    JSON text; else None, and why."""
+    if result is None or isinstance(result, (bool, int, float)):
+        return result, None
+    size = json_bytes(json.dumps(result))
+    if size <= max_bytes:
+        return result, None
+    return None, f"result: is {size:,} bytes of JSON, more than max_params_bytes ({max_bytes:,})"
 
 
 def error_line(error: str | None) -> str:

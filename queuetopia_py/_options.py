@@ -25,6 +25,10 @@ from queuetopia_py._job import (
 )
 from queuetopia_py._performer import Performer, refuse_async
 
+# The largest `max_params_bytes` accepted: 64 MiB. (MariaDB and MySQL also refuse a
+# statement longer than their `max_allowed_packet`, 16 MiB by default.)
+_MAX_PARAMS_BYTES_CAP = 64 * 1024 * 1024
+
 
 def default_node() -> str:
     """A node name unique to this instance: `host:pid:random`."""
@@ -52,6 +56,7 @@ class Options:
     on_failure: FailureMode = OnFailure.GIVE_UP
     lock_lease: timedelta = defaults.LOCK_LEASE
     statement_timeout: timedelta = defaults.STATEMENT_TIMEOUT
+    max_params_bytes: int = defaults.MAX_PARAMS_BYTES
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -96,6 +101,16 @@ class Options:
         concurrency = values.get("max_concurrency", defaults.MAX_CONCURRENCY)
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ConfigurationError(f"max_concurrency: must be an int >= 1 (got {concurrency!r})")
+        limit = values.get("max_params_bytes", defaults.MAX_PARAMS_BYTES)
+        if (
+            not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 1 <= limit <= _MAX_PARAMS_BYTES_CAP
+        ):
+            raise ConfigurationError(
+                f"max_params_bytes: must be an int from 1 to {_MAX_PARAMS_BYTES_CAP:,}"
+                f" (got {limit!r})"
+            )
         if values.get("executor", "thread") not in ("thread", "process"):
             raise ConfigurationError(
                 f"executor: must be 'thread' or 'process' (got {values['executor']!r})"

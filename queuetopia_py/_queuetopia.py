@@ -220,6 +220,7 @@ class Queuetopia:
             max_attempts=opts.max_attempts if max_attempts is None else max_attempts,
             scheduled_at=scheduled_at,
             on_failure=opts.on_failure if on_failure is None else on_failure,
+            max_params_bytes=opts.max_params_bytes,
         )
         return self._create([new], connection)[0]
 
@@ -297,6 +298,7 @@ class Queuetopia:
                 on_failure=opts.on_failure
                 if item.get("on_failure") is None
                 else item["on_failure"],
+                max_params_bytes=opts.max_params_bytes,
             )
         except InvalidJobError as exc:
             raise InvalidJobError(f"{where}.{exc.field}", exc.value, exc.reason) from None
@@ -605,6 +607,7 @@ class Queuetopia:
             # One node cleans a scope at a time; the others skip their turn.
             cleaner=functools.partial(self.cleanup_jobs, skip_if_busy=True),
             cleanup_interval=self.options.cleanup_interval,
+            max_result_bytes=self.options.max_params_bytes,
         )
         self._scheduler.start()
         if self._db.dialect == "postgresql":

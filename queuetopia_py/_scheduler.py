@@ -25,6 +25,7 @@ from collections.abc import Callable
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from queuetopia_py import defaults
 from queuetopia_py._attempts import Attempted, AttemptRunner
 from queuetopia_py._backoff import lock_lifetime
 from queuetopia_py._execution import Executor, Outcome, describe_exception
@@ -88,6 +89,7 @@ class Scheduler:
         max_concurrency: int,
         cleaner: Callable[[], object] | None = None,
         cleanup_interval: float | None = None,
+        max_result_bytes: int = defaults.MAX_PARAMS_BYTES,
     ) -> None:
         self.claims = claims
         self.locks = claims.locks
@@ -95,7 +97,12 @@ class Scheduler:
         self.executor = executor
         self.performer = performer
         self.attempts = AttemptRunner(
-            claims.records, executor, performer, events, LeaseKeeper(claims.locks)
+            claims.records,
+            executor,
+            performer,
+            events,
+            LeaseKeeper(claims.locks),
+            max_result_bytes=max_result_bytes,
         )
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency

@@ -36,6 +36,10 @@ TIMEOUT_ERROR: Final = "job_timeout"
 LEASE_LAPSED_ERROR: Final = "lock_lease_lapsed"
 #: Longest queue, action or scope name accepted.
 MAX_NAME_LENGTH: Final = 255
+#: Largest `params` (as JSON text, in bytes) a job may be created with, and largest result
+#: stored (a larger result is stored as null, with a warning): 1 MiB, as the payload limits
+#: of other job queues. Params are read with each attempt; big data belongs elsewhere.
+MAX_PARAMS_BYTES: Final = 1024 * 1024
 #: Most lists and objects nested in one another in `params` and results (MariaDB's JSON
 #: accepts no deeper).
 MAX_JSON_NESTING: Final = 31

@@ -122,7 +122,11 @@ def drain(
     db = instance._db
     claims = ClaimStore(db, instance.scope, instance.node, instance.options.lock_lease)
     runner = AttemptRunner(
-        claims.records, InlineExecutor(runner_performer), runner_performer, instance._events
+        claims.records,
+        InlineExecutor(runner_performer),
+        runner_performer,
+        instance._events,
+        max_result_bytes=instance.options.max_params_bytes,
     )
     attempted: list[Job] = []
     while True:

@@ -541,6 +541,19 @@ class Database:
             _sqlite_writer(engine) if self.dialect == "sqlite" else contextlib.nullcontext()
         )
         self._silence = _watchdog.limit(engine)
+        self._packet_limit: int | None = None
+
+    def statement_limit(self, conn: Connection) -> int | None:
+        """The longest statement the server accepts, in bytes: MariaDB's and MySQL's
+        `max_allowed_packet` (read once), None for the other databases (no such limit
+        short of a gigabyte). A longer statement is not refused with an error of its own:
+        the server drops the connection, which reads like an outage."""
+        if self.dialect not in ("mysql", "mariadb"):
+            return None
+        if self._packet_limit is None:  # read on `conn`, in the caller's transaction
+            limit = conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar_one()
+            self._packet_limit = int(limit)
+        return self._packet_limit
 
     def now(self) -> sa.ColumnElement[datetime]:
         """The database's current time as an SQL expression (SQLite: this machine's)."""

@@ -4,7 +4,7 @@ rows), get, list in queue order (by page or by key), count."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -208,6 +208,30 @@ def counted(created: Sequence[Job]) -> list[Enqueued]:
     return [Enqueued(queue, counts[queue], Head.of(j)) for queue, j in firsts.items()]
 
 
+# The params one insert statement carries at most (bytes of JSON), however many jobs:
+# a statement stays far below MariaDB's and MySQL's default `max_allowed_packet` (16 MiB).
+_BATCH_BYTES = 4 * 1024 * 1024
+
+
+# What an insert statement holds besides its params: the other columns, the SQL text.
+_STATEMENT_OVERHEAD = 64 * 1024
+
+
+def _by_size(news: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
+    """`news` in order, cut into batches of at most `_BATCH_BYTES` of params (a job
+    larger than that alone)."""
+    batch: list[NewJob] = []
+    size = 0
+    for new in news:
+        if batch and size + new.params_bytes > _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(new)
+        size += new.params_bytes
+    if batch:
+        yield batch
+
+
 class JobStore:
     """Create and read the jobs of one scope."""
 
@@ -290,18 +314,39 @@ class JobStore:
         announce them to the other nodes (PostgreSQL) as work of that instance."""
         if not news:
             return []
-        dialect = conn.dialect
-        if len(news) > 1 and dialect.name == "postgresql":
-            rows = self._insert_unnest(conn, news)
-        elif len(news) > 1 and dialect.insert_executemany_returning_sort_by_parameter_order:
-            rows = [tuple(r) for r in conn.execute(self._insert, [_insert_values(n) for n in news])]
-        else:
-            rows = [self._insert_one(conn, new) for new in news]
+        self._check_statement_size(conn, news)
+        rows = [row for batch in _by_size(news) for row in self._insert_batch(conn, batch)]
         created = [_new_job(self.scope, new, row) for new, row in zip(news, rows, strict=True)]
         self.book.enqueued(conn, self.scope, counted(created))
         if origin is not None:
             announce(conn, self.db.tables, self.scope, [j.queue for j in created], origin)
         return created
+
+    def _check_statement_size(self, conn: Connection, news: Sequence[NewJob]) -> None:
+        """Refuse params that would make an insert longer than the server accepts (see
+        `Database.statement_limit`), before sending it."""
+        limit = self.db.statement_limit(conn)
+        if limit is None:
+            return
+        room = limit - _STATEMENT_OVERHEAD
+        for index, new in enumerate(news):
+            if new.params_bytes > room:
+                where = "params" if len(news) == 1 else f"jobs[{index}].params"
+                raise InvalidJobError(
+                    where,
+                    "...",
+                    f"is {new.params_bytes:,} bytes of JSON, more than the server's"
+                    f" max_allowed_packet ({limit:,}) lets one statement carry",
+                )
+
+    def _insert_batch(self, conn: Connection, news: Sequence[NewJob]) -> list[tuple[Any, ...]]:
+        """Insert `news` in one statement where the database can (ids in their order)."""
+        dialect = conn.dialect
+        if len(news) > 1 and dialect.name == "postgresql":
+            return self._insert_unnest(conn, news)
+        if len(news) > 1 and dialect.insert_executemany_returning_sort_by_parameter_order:
+            return [tuple(r) for r in conn.execute(self._insert, [_insert_values(n) for n in news])]
+        return [self._insert_one(conn, new) for new in news]
 
     def create_one(self, new: NewJob, *, origin: str) -> Job:
         """Create one job, committed by itself and announced as work of `origin`.

@@ -386,7 +386,6 @@ def test_durations_are_shown_in_their_largest_units(seconds: float, shown: str) 
     assert cli_tables.fmt_duration(timedelta(seconds=seconds)) == shown
 
 
-
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [(8.23, "(in 8s)"), (-8.6, "(9s ago)"), (0.4, "(now)"), (75.5, "(in 1m16s)")],
@@ -395,6 +394,7 @@ def test_instants_are_shown_with_whole_seconds_from_now(seconds: float, shown: s
     now = datetime(2025, 5, 1, 9, 30, 21)
     text = cli_tables.fmt_relative(now + timedelta(seconds=seconds), now)
     assert text.endswith(f" {shown}"), text
+
 
 def test_table_cells_stay_on_one_line() -> None:
     lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])

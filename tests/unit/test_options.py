@@ -68,6 +68,10 @@ def test_each_instance_gets_its_own_node_name(tmp_path) -> None:
         ({"scope": ""}, "scope"),
         ({"table_prefix": "bad-prefix;"}, "table_prefix"),
         ({"colour": "blue"}, "unknown option"),
+        ({"max_params_bytes": 0}, "max_params_bytes: must be an int from 1 to 67,108,864"),
+        ({"max_params_bytes": 64 * 1024 * 1024 + 1}, "max_params_bytes"),
+        ({"max_params_bytes": 1.5}, "max_params_bytes"),
+        ({"max_params_bytes": True}, "max_params_bytes"),
     ],
 )
 def test_bad_options_raise_a_configuration_error_naming_the_option(
