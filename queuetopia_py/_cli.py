@@ -200,13 +200,17 @@ def _describe(exc: BaseException) -> str:
     }
 )
 @click.version_option(__version__, "-V", "--version", prog_name="queuetopia")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """queuetopia: strictly ordered, blocking job queues stored in an SQL database.
 
     Each option can also be set with an environment variable QUEUETOPIA_<COMMAND>_<OPTION>,
     e.g. QUEUETOPIA_WORKER_REPO; the commands that operate queues and jobs read their
     database URL from QUEUETOPIA_REPO and their table prefix from QUEUETOPIA_PREFIX.
     """
+    # https://no-color.org: any value turns colors off, on a terminal too.
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False
 
 
 @cli.command("migrate")
@@ -397,8 +401,23 @@ def demo_command(path: str | None, log_level: str) -> None:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Job ids are 64-bit integers in every database.
-JOB_ID = click.IntRange(min=1, max=2**63 - 1)
+
+class JobId(click.ParamType[int]):
+    """A job id: a 64-bit integer from 1, as in every database."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a job id (a whole number from 1)", param, ctx)
+        if not 1 <= number <= 2**63 - 1:
+            self.fail(f"{value!r} is not a job id (a whole number from 1 to 2**63-1)", param, ctx)
+        return number
+
+
+JOB_ID = JobId()
 MAX_PAGE_SIZE = 10_000
 MAX_PAGE = 1_000_000_000
 

@@ -408,7 +408,8 @@ def render_jobs(jobs: Sequence[Job]) -> list[str]:
             job.state,
             str(job.attempts),
             job_when(job),
-            error_summary(job.error) or "-",
+            # A done job's error is an earlier attempt's: `jobs show` has it.
+            "-" if job.done else error_summary(job.error) or "-",
         ]
         for job in jobs
     ]
@@ -494,9 +495,10 @@ def render_job(job: Job) -> list[str]:
         ("scheduled at", fmt_time(job.scheduled_at)),
         ("attempted at", fmt_time(job.attempted_at)),
         ("attempted by", job.attempted_by or "-"),
-        ("next attempt at", fmt_time(job.next_attempt_at)),
+        # An ended job has no next attempt and is not failing any more.
+        ("next attempt at", fmt_time(job.next_attempt_at) if job.pending else "-"),
         ("done at", fmt_time(job.done_at)),
-        ("failing since", fmt_time(job.failing_since)),
+        ("failing since", fmt_time(job.failing_since) if job.pending else "-"),
         (
             "progress",
             "-" if progress is None else f"{fmt_progress(job)} (at {fmt_time(progress.at)})",
@@ -514,7 +516,7 @@ def render_job(job: Job) -> list[str]:
     lines += _indented(json.dumps(job.params, indent=2, ensure_ascii=False))
     lines.append("result:")
     lines += _indented(json.dumps(job.result, indent=2, ensure_ascii=False, default=str))
-    lines.append("error:")
+    lines.append("error of an earlier attempt:" if job.done else "error:")
     lines += _indented(job.error) if job.error else ["  -"]
     lines.append("interventions:")
     if job.interventions:

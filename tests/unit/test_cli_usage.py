@@ -8,16 +8,17 @@ import subprocess
 import sys
 import traceback
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from factories import make_job
 
 import queuetopia_py
-from queuetopia_py import Job, Page, Queuetopia
+from queuetopia_py import Job, Page, Queuetopia, migrate
 from queuetopia_py import _cli_tables as cli_tables
 from queuetopia_py._cli import cli, load_queue_class
 from queuetopia_py._demo import DemoPerformer
@@ -295,10 +296,10 @@ def test_each_operations_command_needs_a_repo(command: list[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "explanation"),
     [
-        (["jobs", "show", "notanumber"], "'notanumber' is not a valid integer"),
-        (["cancel", "1.5"], "'1.5' is not a valid integer"),
-        (["retry", "0"], "0 is not in the range 1<=x<="),
-        (["abort", str(2**64)], "is not in the range 1<=x<="),
+        (["jobs", "show", "notanumber"], "'notanumber' is not a job id (a whole number from 1)"),
+        (["cancel", "1.5"], "'1.5' is not a job id"),
+        (["retry", "0"], "'0' is not a job id (a whole number from 1 to 2**63-1)"),
+        (["abort", str(2**64)], "is not a job id (a whole number from 1 to 2**63-1)"),
         (["jobs", "list", "--state", "bogus"], "'bogus' is not one of 'pending', 'done'"),
         (["jobs", "list", "--page", "0"], "0 is not in the range 1<=x<="),
         (["jobs", "list", "--page-size", "-1"], "-1 is not in the range 1<=x<=10000"),
@@ -394,6 +395,47 @@ def test_instants_are_shown_with_whole_seconds_from_now(seconds: float, shown: s
     now = datetime(2025, 5, 1, 9, 30, 21)
     text = cli_tables.fmt_relative(now + timedelta(seconds=seconds), now)
     assert text.endswith(f" {shown}"), text
+
+
+def test_a_done_job_shows_no_next_attempt_failing_time_or_old_error_in_listings() -> None:
+    now = datetime.now(UTC)
+    done = make_job(
+        id=7, done_at=now, next_attempt_at=now, failing_since=now, error="RuntimeError: once"
+    )
+    (row,) = [click.unstyle(line) for line in cli_tables.render_jobs([done])][1:]
+    assert row.split()[-1] == "-" and "RuntimeError" not in row
+    shown = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+        for line in map(click.unstyle, cli_tables.render_job(done))
+        if line.startswith("  ") and ":" in line
+    }
+    assert shown["next attempt at"] == "-" and shown["failing since"] == "-"
+    assert "error of an earlier attempt:" in cli_tables.render_job(done)
+
+
+def test_a_job_id_that_is_not_a_number_is_explained() -> None:
+    result = invoke("jobs", "show", "abc", "--repo", "sqlite:///x.db")
+    assert result.exit_code == 2
+    assert "'abc' is not a job id (a whole number from 1)" in result.output
+
+
+def test_no_color_turns_colors_off_even_on_a_terminal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    migrate(url)
+    queue = Queuetopia(repo=url, scope="s")
+    job = queue.create_job("q", "a", {}, max_attempts=3)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # a failing head: shown in red on a terminal
+        conn.execute(
+            sa.text("UPDATE queuetopia_jobs SET attempts = 1, error = 'boom' WHERE id = :id"),
+            {"id": job.id},
+        )
+    engine.dispose()
+    args = ["jobs", "list", "--repo", url]
+    colored = CliRunner().invoke(cli, args, color=True)
+    assert "\x1b[" in colored.output
+    plain = CliRunner().invoke(cli, args, color=True, env={"NO_COLOR": "1"})
+    assert plain.exit_code == 0 and "\x1b[" not in plain.output and "boom" in plain.output
 
 
 def test_table_cells_stay_on_one_line() -> None:
