@@ -280,7 +280,11 @@ def _next_attempt(queue: QueueStatus, now: datetime) -> str:
         return "-"
     running = queue.running
     if running is not None and running.job.id == head.id:
-        return "running now"
+        # A live node renews its lock; a dead node's lock counts down to its take-over.
+        left = timedelta(seconds=round((running.locked_until - now).total_seconds()))
+        if left > timedelta(0):
+            return f"running (lock expires in {fmt_duration(left)})"
+        return f"lock expired {fmt_duration(-left)} ago (node gone?)"
     if head.next_attempt_at is None:
         return "manual retry" if head.state is JobState.BLOCKED else "-"
     return fmt_relative(head.next_attempt_at, now)

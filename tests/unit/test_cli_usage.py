@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from factories import make_job
 
 import queuetopia_py
-from queuetopia_py import Job, Page, Queuetopia, migrate
+from queuetopia_py import Job, Lock, Page, QueueStatus, Queuetopia, RunningAttempt, migrate
 from queuetopia_py import _cli_tables as cli_tables
 from queuetopia_py._cli import cli, load_queue_class
 from queuetopia_py._demo import DemoPerformer
@@ -436,6 +436,19 @@ def test_no_color_turns_colors_off_even_on_a_terminal(tmp_path: Path) -> None:
     assert "\x1b[" in colored.output
     plain = CliRunner().invoke(cli, args, color=True, env={"NO_COLOR": "1"})
     assert plain.exit_code == 0 and "\x1b[" not in plain.output and "boom" in plain.output
+
+
+@pytest.mark.parametrize(
+    ("left", "shown"),
+    [(45, "running (lock expires in 45s)"), (-3, "lock expired 3s ago (node gone?)")],
+)
+def test_a_running_head_shows_when_its_lock_expires(left: int, shown: str) -> None:
+    now = datetime(2025, 5, 1, 9, 30, 21, tzinfo=UTC)
+    head = make_job(id=5, next_attempt_at=now)
+    until = now + timedelta(seconds=left)
+    running = RunningAttempt("node-1", "q", head, now, until)
+    queue = QueueStatus("q", 1, 0, head, Lock("q", "node-1", now, until, 5), None, running)
+    assert cli_tables._next_attempt(queue, now) == shown
 
 
 def test_table_cells_stay_on_one_line() -> None:
