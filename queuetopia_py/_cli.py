@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -614,6 +615,12 @@ def echo_lines(lines: list[str]) -> None:
     click.echo("\n".join(lines))
 
 
+def terminal_width() -> int | None:
+    """The width to fit tables to: the terminal's, when standard output is one (a pipe or
+    a file gets whole lines, for grep)."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
 def echo_json(document: Any) -> None:
     """Print one JSON document on stdout."""
     click.echo(dumps(document))
@@ -665,7 +672,7 @@ def queues_command(
     if as_json:
         echo_json(queues_json(statuses))
     else:
-        echo_lines(render_queues(statuses))
+        echo_lines(render_queues(statuses, terminal_width()))
 
 
 @cli.group("jobs")
@@ -736,7 +743,7 @@ def jobs_list_command(
             if as_json:
                 echo_json(jobs_after_json(scope, after, page_size, items))
             else:
-                echo_lines([*render_jobs(items), after_footer(items, page_size)])
+                echo_lines([*render_jobs(items, terminal_width()), after_footer(items, page_size)])
             return
         else:
             listing = tables.scope(scope).paginate_jobs(
@@ -745,7 +752,7 @@ def jobs_list_command(
     if as_json:
         echo_json(jobs_page_json(scope, listing))
     else:
-        echo_lines(render_jobs_page(listing))
+        echo_lines(render_jobs_page(listing, terminal_width()))
 
 
 @jobs_group.command("show")

@@ -138,24 +138,42 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines()).replace("\t", " ")
 
 
+#: A column shortened to fit a terminal keeps at least this many characters.
+_MIN_COLUMN = 12
+
+
 def render_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[str]],
     row_styles: Sequence[Mapping[str, Any] | None] | None = None,
+    *,
+    width: int | None = None,
+    shrink: Sequence[str] = (),
 ) -> list[str]:
     """Lines of a table with left-aligned columns two spaces apart.
 
     `row_styles[i]` (keywords of `click.style`, e.g. `{"fg": "red"}`) colors row `i`;
-    `click.echo` drops the colors when the output is not a terminal.
+    `click.echo` drops the colors when the output is not a terminal. With `width` (a
+    terminal's), the widest of the columns headed `shrink` are shortened (their cells
+    ending in "...") until the lines fit, none below its header or `_MIN_COLUMN`
+    characters.
     """
     body = [[_one_line(text) for text in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in body:
         for index, text in enumerate(row):
             widths[index] = max(widths[index], len(text))
+    if width is not None:
+        floors = [
+            max(len(h), _MIN_COLUMN) if h in shrink else w
+            for h, w in zip(headers, widths, strict=True)
+        ]
+        widths = _fitted(widths, [min(f, w) for f, w in zip(floors, widths, strict=True)], width)
 
     def line(cells: Sequence[str]) -> str:
-        padded = [text.ljust(widths[index]) for index, text in enumerate(cells)]
+        padded = [
+            shorten(text, widths[index]).ljust(widths[index]) for index, text in enumerate(cells)
+        ]
         return "  ".join(padded).rstrip()
 
     lines = [click.style(line(headers), bold=True)]
@@ -165,6 +183,20 @@ def render_table(
         text = line(row)
         lines.append(click.style(text, **style) if style else text)
     return lines
+
+
+def _fitted(widths: list[int], floors: list[int], width: int) -> list[int]:
+    """Column widths whose lines (columns two spaces apart) fit in `width`: the widest
+    column shortened first, one character at a time, none below its floor."""
+    fitted = list(widths)
+    excess = sum(fitted) + 2 * (len(fitted) - 1) - width
+    while excess > 0:
+        index = max(range(len(fitted)), key=lambda i: fitted[i] - floors[i])
+        if fitted[index] <= floors[index]:
+            break  # as narrow as it can be
+        fitted[index] -= 1
+        excess -= 1
+    return fitted
 
 
 # -- queues --------------------------------------------------------------------------------
@@ -290,9 +322,10 @@ def _next_attempt(queue: QueueStatus, now: datetime) -> str:
     return fmt_relative(head.next_attempt_at, now)
 
 
-def render_queues(statuses: Sequence[Status]) -> list[str]:
+def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[str]:
     """The `queues` report: one row per queue (blocked ones marked with "!" and in red),
-    the summary line, suspended scopes, and the attempts running on each node."""
+    the summary line, suspended scopes, and the attempts running on each node; its table
+    fitted to `width` (a terminal's) by shortening the last errors and the nodes."""
     headers = (
         " ",
         "SCOPE",
@@ -337,7 +370,10 @@ def render_queues(statuses: Sequence[Status]) -> list[str]:
                 styles.append({"fg": "yellow"})
             else:
                 styles.append(None)
-    lines = render_table(headers, rows, styles) if rows else ["no queues"]
+    shrink = ("LAST ERROR", "LOCKED BY")
+    lines = (
+        render_table(headers, rows, styles, width=width, shrink=shrink) if rows else ["no queues"]
+    )
     summary = queues_summary(statuses)
     text = summary_line(summary)
     lines += ["", click.style(text, fg="red", bold=True) if summary["blocked"] else text]
@@ -402,8 +438,9 @@ def job_when(job: Job) -> str:
     return "-"
 
 
-def render_jobs(jobs: Sequence[Job]) -> list[str]:
-    """The table of `jobs list` (its footer apart)."""
+def render_jobs(jobs: Sequence[Job], width: int | None = None) -> list[str]:
+    """The table of `jobs list` (its footer apart), fitted to `width` (a terminal's) by
+    shortening the errors."""
     rows = [
         [
             str(job.id),
@@ -427,12 +464,14 @@ def render_jobs(jobs: Sequence[Job]) -> list[str]:
         ("ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT ATTEMPT / DONE AT", "ERROR"),
         rows,
         styles,
+        width=width,
+        shrink=("ERROR",),
     )
 
 
-def render_jobs_page(page: Page) -> list[str]:
+def render_jobs_page(page: Page, width: int | None = None) -> list[str]:
     """A page of `jobs list`: a table of the jobs and a footer `page N of M (T jobs)`."""
-    return [*render_jobs(page.items), page_footer(page)]
+    return [*render_jobs(page.items, width), page_footer(page)]
 
 
 def page_footer(page: Page) -> str:

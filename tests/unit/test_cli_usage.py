@@ -451,6 +451,24 @@ def test_a_running_head_shows_when_its_lock_expires(left: int, shown: str) -> No
     assert cli_tables._next_attempt(queue, now) == shown
 
 
+def test_a_table_fits_the_width_given_by_shortening_its_free_text_columns() -> None:
+    headers = ("ID", "QUEUE", "NEXT ATTEMPT", "LAST ERROR", "LOCKED BY")
+    rows = [["1", "payments", "2025-05-01 09:30:29 (in 8s)", "E" * 60, "web-1:4242:" + "f" * 30]]
+    shrink = ("LAST ERROR", "LOCKED BY")
+    wide = cli_tables.render_table(headers, rows, shrink=shrink)
+    assert len(click.unstyle(wide[1])) > 80
+    fitted = [
+        click.unstyle(line)
+        for line in cli_tables.render_table(headers, rows, width=80, shrink=shrink)
+    ]
+    assert all(len(line) <= 80 for line in fitted), fitted
+    assert fitted[1].startswith("1   payments  2025-05-01 09:30:29 (in 8s)  EEEE")
+    assert fitted[1].count("...") == 2
+    # Too narrow: the other columns stay whole, the free text keeps 12 characters.
+    narrow = cli_tables.render_table(headers, rows, width=20, shrink=shrink)
+    assert click.unstyle(narrow[1]).split()[-2:] == ["EEEEEEEEE...", "web-1:424..."]
+
+
 def test_table_cells_stay_on_one_line() -> None:
     lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])
     assert len(lines) == 2
