@@ -2,8 +2,10 @@
 
 Backends: SQLite always; PostgreSQL and MariaDB when reachable. Their admin URLs come
 from QUEUETOPIA_TEST_POSTGRESQL_URL and QUEUETOPIA_TEST_MARIADB_URL (defaults: the local
-servers). A backend named in QUEUETOPIA_REQUIRE_DATABASES (comma separated, or "all")
-fails its tests when unreachable instead of skipping them.
+servers). The tests of an unreachable backend are left out of the run, with one line
+in the summary; a backend named in QUEUETOPIA_REQUIRE_DATABASES (comma separated, or
+"all") fails its tests when unreachable instead. The system tests (marker `system`) run
+only with QUEUETOPIA_SYSTEM_TESTS=1.
 """
 
 from __future__ import annotations
@@ -51,8 +53,60 @@ def _unreachable(backend: str) -> str | None:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
     except Exception as exc:
-        return f"{backend} unreachable at {ADMIN_URLS[backend]}: {exc.__class__.__name__}: {exc}"
+        first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+        return f"{backend} unreachable at {ADMIN_URLS[backend]}: {first}"
     return None
+
+
+SYSTEM_TESTS = "QUEUETOPIA_SYSTEM_TESTS"
+SYSTEM_DIR = Path(__file__).resolve().parent / "system"
+
+
+def _system_tests_on() -> bool:
+    return os.environ.get(SYSTEM_TESTS, "") not in ("", "0")
+
+
+def _not_run(item: pytest.Item) -> str | None:
+    """Why `item` is left out of this run, or None: a system test while they are off, a
+    test of a backend that is unreachable here and not required."""
+    system = item.get_closest_marker("system") is not None or SYSTEM_DIR in item.path.parents
+    if system and not _system_tests_on():
+        return (
+            "system tests (real worker processes, several minutes): set"
+            f" {SYSTEM_TESTS}=1 to run them (bash .ci/run does)"
+        )
+    callspec = getattr(item, "callspec", None)
+    backend = None if callspec is None else callspec.params.get("backend")
+    if isinstance(backend, str) and backend not in _required():
+        return _unreachable(backend)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out, at once and without a line each, the tests this run cannot or need not
+    run (see `_not_run`); the summary says how many, and why, in a line per reason."""
+    kept: list[pytest.Item] = []
+    left: list[pytest.Item] = []
+    reasons: dict[str, int] = {}
+    for item in items:
+        reason = _not_run(item)
+        if reason is None:
+            kept.append(item)
+        else:
+            left.append(item)
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+    config.stash[_NOT_RUN] = reasons
+
+
+_NOT_RUN = pytest.StashKey[dict[str, int]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for reason, count in config.stash.get(_NOT_RUN, {}).items():
+        terminalreporter.write_line(f"not run: {count} tests: {reason}")
 
 
 def require_backend(backend: str) -> None:
