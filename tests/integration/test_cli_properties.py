@@ -169,12 +169,16 @@ def test_deeply_nested_params_are_stored_or_refused(
         assert "nested" in result.stderr
 
 
-def test_huge_params_are_read_from_standard_input_and_stored_exactly(
+def test_large_params_are_read_from_standard_input_and_stored_exactly(
     url: str, client: Queuetopia
 ) -> None:
-    params = {"blob": "é\U0001f600" * 300_000, "items": list(range(30_000))}
+    # About 0.8 MB of JSON text, under max_params_bytes (1 MiB by default).
+    params = {"blob": "é\U0001f600" * 40_000, "items": list(range(10_000))}
     job = created(create(url, "q", "a", "-", stdin=json.dumps(params)), client)
     assert job.params == params
+    too_large = {"blob": "é\U0001f600" * 60_000}
+    refused = create(url, "q", "a", "-", stdin=json.dumps(too_large))
+    assert refused.exit_code == 1 and "more than max_params_bytes" in refused.stderr
 
 
 def is_name(text: str) -> bool:

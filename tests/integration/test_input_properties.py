@@ -167,7 +167,8 @@ def test_deeply_nested_params(make_queue: Callable, depth: int) -> None:
 
 
 def test_large_params_are_stored_exactly(make_queue: Callable) -> None:
-    queue = make_queue()
+    # About 6.3 MB of JSON text (each "é" escaped as 6 bytes): above the default limit.
+    queue = make_queue(max_params_bytes=8 * 1024 * 1024)
     params = {"blob": "é" * 1_000_000, "items": list(range(50_000))}
     job = queue.create_job("q", "a", params)
     assert queue.get_job(job.id).params == params  # type: ignore[union-attr]
