@@ -149,6 +149,7 @@ def render_table(
     *,
     width: int | None = None,
     shrink: Sequence[str] = (),
+    drop: Sequence[str] = (),
 ) -> list[str]:
     """Lines of a table with left-aligned columns two spaces apart.
 
@@ -156,24 +157,31 @@ def render_table(
     `click.echo` drops the colors when the output is not a terminal. With `width` (a
     terminal's), the widest of the columns headed `shrink` are shortened (their cells
     ending in "...") until the lines fit, none below its header or `_MIN_COLUMN`
-    characters.
+    characters; if they still do not fit, the columns headed `drop` are left out, in
+    that order, until they do.
     """
     body = [[_one_line(text) for text in row] for row in rows]
-    widths = [len(header) for header in headers]
+    natural = [len(header) for header in headers]
     for row in body:
         for index, text in enumerate(row):
-            widths[index] = max(widths[index], len(text))
+            natural[index] = max(natural[index], len(text))
+    shown = list(range(len(headers)))
+    widths = dict(enumerate(natural))
     if width is not None:
         floors = [
-            max(len(h), _MIN_COLUMN) if h in shrink else w
-            for h, w in zip(headers, widths, strict=True)
+            min(max(len(h), _MIN_COLUMN), w) if h in shrink else w
+            for h, w in zip(headers, natural, strict=True)
         ]
-        widths = _fitted(widths, [min(f, w) for f, w in zip(floors, widths, strict=True)], width)
+        droppable = [headers.index(h) for h in drop if h in headers]
+        while True:
+            fitted = _fitted([natural[i] for i in shown], [floors[i] for i in shown], width)
+            widths = dict(zip(shown, fitted, strict=True))
+            if sum(fitted) + 2 * (len(fitted) - 1) <= width or not droppable:
+                break
+            shown.remove(droppable.pop(0))
 
     def line(cells: Sequence[str]) -> str:
-        padded = [
-            shorten(text, widths[index]).ljust(widths[index]) for index, text in enumerate(cells)
-        ]
+        padded = [shorten(cells[i], widths[i]).ljust(widths[i]) for i in shown]
         return "  ".join(padded).rstrip()
 
     lines = [click.style(line(headers), bold=True)]
@@ -371,9 +379,14 @@ def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[
             else:
                 styles.append(None)
     shrink = ("LAST ERROR", "LOCKED BY")
-    lines = (
-        render_table(headers, rows, styles, width=width, shrink=shrink) if rows else ["no queues"]
-    )
+    # Narrower still, these are left out (`--json`, or the output piped, has them all):
+    # the least needed first, and the scope last, when there is only one.
+    drop: tuple[str, ...] = ("UNTIL", "FAILED", "HEAD", "LOCKED BY", "PENDING")
+    if len(statuses) == 1:
+        drop += ("SCOPE",)
+    lines = ["no queues"]
+    if rows:
+        lines = render_table(headers, rows, styles, width=width, shrink=shrink, drop=drop)
     summary = queues_summary(statuses)
     text = summary_line(summary)
     lines += ["", click.style(text, fg="red", bold=True) if summary["blocked"] else text]

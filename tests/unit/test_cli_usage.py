@@ -469,6 +469,18 @@ def test_a_table_fits_the_width_given_by_shortening_its_free_text_columns() -> N
     assert click.unstyle(narrow[1]).split()[-2:] == ["EEEEEEEEE...", "web-1:424..."]
 
 
+def test_a_table_too_wide_for_the_terminal_leaves_out_columns_in_the_order_given() -> None:
+    headers = ("QUEUE", "NEXT ATTEMPT", "LAST ERROR", "LOCKED BY", "UNTIL")
+    rows = [["payments", "2025-05-01 09:30:29 (in 8s)", "E" * 60, "web-1", "2025-05-01 09:31:02"]]
+    lines = cli_tables.render_table(
+        headers, rows, width=60, shrink=("LAST ERROR",), drop=("UNTIL", "LOCKED BY")
+    )
+    plain = [click.unstyle(line) for line in lines]
+    assert plain[0].split() == ["QUEUE", "NEXT", "ATTEMPT", "LAST", "ERROR"]
+    assert all(len(line) <= 60 for line in plain), plain
+    assert plain[1].startswith("payments  2025-05-01 09:30:29 (in 8s)  EEE")
+
+
 def test_table_cells_stay_on_one_line() -> None:
     lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])
     assert len(lines) == 2
