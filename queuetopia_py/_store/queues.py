@@ -326,8 +326,10 @@ class QueueBook:
         return self._build_upsert(source)
 
     def ensure(self, conn: Connection, scope: str, queue: str) -> None:
-        """Make sure the queue has a row, so that `lock` has one to lock (a row without
-        pending work nor lock is deleted again by the `write` that follows)."""
+        """Make sure the queue has a row, locked by `conn`'s transaction, so that `lock`
+        has one to lock: a record finishing the queue's last job cannot delete it in
+        between (a row without pending work nor lock is deleted again by the `write` that
+        follows)."""
         conn.execute(self._ensure, {"scope": scope, "queue": queue})
 
     def _dialect_insert(self) -> tuple[Any, Any]:
@@ -343,9 +345,12 @@ class QueueBook:
             queue=sa.bindparam("queue", type_=q.c.queue.type),
             pending=0,
         )
-        if module is mysql:  # a no-op update: MariaDB has no DO NOTHING
+        # An existing row gets a no-op update, which locks it (DO NOTHING would not).
+        if module is mysql:
             return stmt.on_duplicate_key_update(pending=q.c.pending)  # type: ignore[no-any-return]
-        return stmt.on_conflict_do_nothing(index_elements=[q.c.scope, q.c.queue])  # type: ignore[no-any-return]
+        return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+            index_elements=[q.c.scope, q.c.queue], set_={"pending": q.c.pending}
+        )
 
     def _build_upsert(self, source: sa.Select[Any] | None = None) -> sa.Insert:
         """INSERT a queue row (bound values, or `source`'s rows), or on conflict add to

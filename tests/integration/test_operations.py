@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from recording import Recorder, wait_until
 
 from queuetopia_py import (
@@ -450,3 +451,44 @@ def test_concurrent_retries_of_an_ended_job_count_it_once(
     assert stored is not None and stored.state == "pending"
     assert [i.action for i in stored.interventions] == ["retry", "retry"]
     assert queue.status().queue("q").pending == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_an_action_keeps_its_queues_row_from_a_record_deleting_it_meanwhile(
+    make_queue: Callable, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row an action makes sure of is locked at once: a record finishing the queue's
+    last pending job cannot delete it between that and the action's lock."""
+    queue = make_queue(performer=Recorder())
+    done = queue.create_job("q", "a", {})
+    drain(queue)
+    last = queue.create_job("q", "a", {})  # the queue's row exists, with one pending job
+    deleted: list[bool] = []
+    ensure = QueueBook.ensure
+
+    def then_a_record_deletes_the_row(self: QueueBook, conn: Any, scope: str, name: str) -> None:
+        ensure(self, conn, scope, name)
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as other:
+                other.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
+                tables = queue._db.tables
+                queues, jobs = tables.queues, tables.jobs
+                other.execute(
+                    queues.delete().where(queues.c.scope == scope, queues.c.queue == name)
+                )
+                other.execute(
+                    jobs.update()
+                    .where(jobs.c.id == last.id)
+                    .values(state="done", done_at=sa.func.now())
+                )
+            deleted.append(True)
+        except sa.exc.OperationalError:  # lock_timeout: the row is the action's
+            deleted.append(False)
+        finally:
+            engine.dispose()
+
+    monkeypatch.setattr(QueueBook, "ensure", then_a_record_deletes_the_row)
+    with pytest.raises(JobStateError, match="is done"):
+        queue.cancel_job(done.id)
+    assert deleted == [False]
