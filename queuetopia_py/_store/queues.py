@@ -242,10 +242,15 @@ class QueueBook:
 
     def lock_with_head(self, conn: Connection, scope: str, queue: str) -> Locked:
         """`lock`, reading the queue's head job too (its whole row)."""
-        found = conn.execute(self._lock_with_head, {"b_scope": scope, "b_queue": queue}).first()
+        params = {"b_scope": scope, "b_queue": queue}
+        found = conn.execute(self._lock_with_head, params).first()
         if found is None:
             return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
-        return _locked(found._mapping, with_job=True)
+        locked = _locked(found._mapping, with_job=True)
+        if locked.row is not None and locked.row.head_id is not None and locked.job is None:
+            # Read before the lock was ours (see `_STALE_READ`): read again.
+            return _locked(conn.execute(self._lock_with_head, params).one()._mapping, with_job=True)
+        return locked
 
     def lock_with_job(
         self, conn: Connection, scope: str, queue: str, job_id: int, *, whole_next: bool = False
@@ -259,6 +264,15 @@ class QueueBook:
         if found is not None:
             locked = _locked(found._mapping, with_job=True)
             m = found._mapping
+            row, job = locked.row, locked.job
+            others = 0 if row is None else row.pending
+            if job is not None and job["state"] == JobState.PENDING:
+                others -= 1
+            if m["n_id"] is None and others > 0:
+                # The row counts pending jobs besides this one, but none was read: read
+                # before the lock was ours (see `_STALE_READ`). Read again.
+                found = conn.execute(self._lock_with_job[whole_next], params).one()
+                locked, m = _locked(found._mapping, with_job=True), found._mapping
             if m["n_id"] is None:
                 return locked
             following = {k[2:]: v for k, v in m.items() if isinstance(k, str) and k[:2] == "n_"}
@@ -392,6 +406,12 @@ class QueueBook:
             index_elements=[q.c.scope, q.c.queue], set_=dict(assignments)
         )
 
+
+# _STALE_READ: a statement that locks a queue's row and reads its jobs reads them in the
+# snapshot of its start (PostgreSQL, READ COMMITTED). When it had to wait for the row's
+# lock (a job being created in the queue holds it), it sees the row as that job left it,
+# counted, but not the job. Read again, the lock held, it sees them alike: a job counted
+# into the row is visible once its creator has released the row.
 
 # The columns a new job's count and head write in its queue's row.
 _ENQUEUED = ["scope", "queue", "pending", "head_id", "head_at", "head_due", "blocked_since"]

@@ -14,6 +14,7 @@ from recording import wait_until
 
 from queuetopia_py import DatabaseUnavailableError, Job, Performer, Queuetopia
 from queuetopia_py._backoff import default_backoff, lock_lifetime
+from queuetopia_py._job import validate_new_job
 from queuetopia_py._store.claims import ClaimStore
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.locks import Claim, Interrupted, NotDue
@@ -241,3 +242,53 @@ def test_a_success_whose_acknowledgement_was_lost_is_recognised_when_retried(
     assert stored is not None and stored.done and stored.attempts == 1
     assert performed == [first.id, second.id]
     assert succeeded == hooks == [first.id, second.id]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_record_waiting_on_a_job_being_created_passes_the_lock_to_it(
+    make_queue: Callable, url: str
+) -> None:
+    """A record whose locked read waits for a job being created in the queue (its creator
+    holds the queue's row) sees that job once it has the lock: the lock passes to it, and
+    it stays the head, ahead of jobs created after it."""
+    queue = make_queue()
+    first = queue.create_job("q", "a", {}, timeout=30)
+    claims, claim = _claim_q(queue)
+    engine = sa.create_engine(url)
+    outcome: list[object] = []
+    try:
+        with engine.begin() as creator:  # creates the second job, holding the queue's row
+            (second,) = queue._jobs.create(
+                creator,
+                [
+                    validate_new_job(
+                        "q", "a", {}, timeout=30, max_backoff=60, max_attempts=3, scheduled_at=None
+                    )
+                ],
+            )
+            recorder = threading.Thread(
+                target=lambda: outcome.append(claims.records.record_success_and_claim(claim))
+            )
+            recorder.start()
+            with engine.connect() as watcher:  # until the record waits for the row's lock
+                wait_until(
+                    lambda: (
+                        watcher.execute(
+                            sa.text(
+                                "SELECT count(*) FROM pg_stat_activity"
+                                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                            )
+                        ).scalar_one()
+                        > 0
+                    ),
+                    what="the record to wait for the queue's row",
+                )
+        recorder.join(30)
+    finally:
+        engine.dispose()
+    [(done, following)] = outcome  # type: ignore[misc]
+    assert done is not None and done.id == first.id
+    assert isinstance(following, Claim) and following.job.id == second.id
+    third = queue.create_job("q", "a", {})
+    assert queue.status().queues[0].head.id == second.id  # type: ignore[union-attr]
+    assert third.id > second.id
