@@ -44,6 +44,7 @@ import sqlalchemy as sa
 
 from queuetopia_py import __version__, defaults
 from queuetopia_py._cli_tables import (
+    Report,
     after_footer,
     dumps,
     fmt_duration,
@@ -57,6 +58,7 @@ from queuetopia_py._cli_tables import (
     render_jobs,
     render_jobs_page,
     render_queues,
+    report_text,
 )
 from queuetopia_py._errors import (
     ConfigurationError,
@@ -610,9 +612,9 @@ def open_tables(url: str, prefix: str) -> Iterator[Tables]:
             tables.close()
 
 
-def echo_lines(lines: list[str]) -> None:
-    """Print lines of text (colors only when stdout is a terminal)."""
-    click.echo("\n".join(lines))
+def echo_report(report: Report) -> None:
+    """Print a report: colors on a terminal, none in a pipe or under `NO_COLOR`."""
+    click.echo(report_text(report))
 
 
 def terminal_width() -> int | None:
@@ -672,7 +674,7 @@ def queues_command(
     if as_json:
         echo_json(queues_json(statuses))
     else:
-        echo_lines(render_queues(statuses, terminal_width()))
+        echo_report(render_queues(statuses, terminal_width()))
 
 
 @cli.group("jobs")
@@ -743,7 +745,7 @@ def jobs_list_command(
             if as_json:
                 echo_json(jobs_after_json(scope, after, page_size, items))
             else:
-                echo_lines([*render_jobs(items, terminal_width()), after_footer(items, page_size)])
+                echo_report([*render_jobs(items, terminal_width()), after_footer(items, page_size)])
             return
         else:
             listing = tables.scope(scope).paginate_jobs(
@@ -752,7 +754,7 @@ def jobs_list_command(
     if as_json:
         echo_json(jobs_page_json(scope, listing))
     else:
-        echo_lines(render_jobs_page(listing, terminal_width()))
+        echo_report(render_jobs_page(listing, terminal_width()))
 
 
 @jobs_group.command("show")
@@ -769,7 +771,7 @@ def jobs_show_command(
     if as_json:
         echo_json(job_json(job))
     else:
-        echo_lines(render_job(job))
+        echo_report(render_job(job))
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

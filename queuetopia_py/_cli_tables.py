@@ -1,7 +1,8 @@
-"""What the operations commands of `queuetopia` print: tables for people, JSON for scripts.
+"""What the operations commands of `queuetopia` print: reports for people, JSON for scripts.
 
-Everything here turns values the library returns (`Job`, `Page`, `Status`...) into lines
-of text or JSON documents; nothing reads the database.
+Everything here turns values the library returns (`Job`, `Page`, `Status`...) into a
+`Report` (rich renderables: tables, styled lines, plain text) or JSON documents; nothing
+reads the database and nothing prints.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import click
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
 
 from queuetopia_py._job import Job, JobState, JobSummary, MoveTo, Page, error_line
 from queuetopia_py._status import QueueStatus, RunningAttempt, Status, Suspension
@@ -23,6 +28,11 @@ QUEUE_STATES = ("blocked", "suspended", "running", "waiting", "idle")
 ERROR_WIDTH = 48
 #: Marks a blocked queue at the start of its row.
 BLOCKED_MARK = "!"
+#: What cut text ends with.
+ELLIPSIS = "…"
+
+#: What a command prints for people: tables, styled lines and plain lines, in order.
+Report = list[RenderableType]
 
 # -- JSON ----------------------------------------------------------------------------------
 
@@ -62,7 +72,7 @@ def dumps(document: Any) -> str:
 
 
 def first_line(text: str | None, width: int = ERROR_WIDTH) -> str:
-    """The first non-blank line of `text`, cut to `width` characters (with "...")."""
+    """The first non-blank line of `text`, cut to `width` characters (see `shorten`)."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return shorten(lines[0] if lines else "", width)
 
@@ -73,8 +83,12 @@ def error_summary(error: str | None, width: int = ERROR_WIDTH) -> str:
 
 
 def shorten(text: str, width: int) -> str:
-    """`text` cut to `width` characters, ending in "..." when cut."""
-    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+    """`text` cut to `width` terminal cells, ending in `ELLIPSIS` when cut."""
+    if cell_len(text) <= width:
+        return text
+    cut = Text(text)
+    cut.truncate(width, overflow="ellipsis")
+    return cut.plain
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -145,31 +159,30 @@ _MIN_COLUMN = 12
 def render_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[str]],
-    row_styles: Sequence[Mapping[str, Any] | None] | None = None,
+    row_styles: Sequence[str | None] | None = None,
     *,
     width: int | None = None,
     shrink: Sequence[str] = (),
     drop: Sequence[str] = (),
-) -> list[str]:
-    """Lines of a table with left-aligned columns two spaces apart.
+) -> Table:
+    """A table with left-aligned columns two spaces apart, each cell on one line.
 
-    `row_styles[i]` (keywords of `click.style`, e.g. `{"fg": "red"}`) colors row `i`;
-    `click.echo` drops the colors when the output is not a terminal. With `width` (a
-    terminal's), the widest of the columns headed `shrink` are shortened (their cells
-    ending in "...") until the lines fit, none below its header or `_MIN_COLUMN`
-    characters; if they still do not fit, the columns headed `drop` are left out, in
-    that order, until they do.
+    `row_styles[i]` (a rich style, e.g. `"bold red"`) colors row `i`. With `width` (a
+    terminal's, in cells), the widest of the columns headed `shrink` are shortened (their
+    cells ending in `ELLIPSIS`) until the rows fit, none below its header or `_MIN_COLUMN`
+    cells; if they still do not fit, the columns headed `drop` are left out, in that
+    order, until they do.
     """
     body = [[_one_line(text) for text in row] for row in rows]
-    natural = [len(header) for header in headers]
+    natural = [cell_len(header) for header in headers]
     for row in body:
         for index, text in enumerate(row):
-            natural[index] = max(natural[index], len(text))
+            natural[index] = max(natural[index], cell_len(text))
     shown = list(range(len(headers)))
     widths = dict(enumerate(natural))
     if width is not None:
         floors = [
-            min(max(len(h), _MIN_COLUMN), w) if h in shrink else w
+            min(max(cell_len(h), _MIN_COLUMN), w) if h in shrink else w
             for h, w in zip(headers, natural, strict=True)
         ]
         droppable = [headers.index(h) for h in drop if h in headers]
@@ -179,18 +192,43 @@ def render_table(
             if sum(fitted) + 2 * (len(fitted) - 1) <= width or not droppable:
                 break
             shown.remove(droppable.pop(0))
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [shorten(cells[i], widths[i]).ljust(widths[i]) for i in shown]
-        return "  ".join(padded).rstrip()
-
-    lines = [click.style(line(headers), bold=True)]
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1))
+    for index in shown:
+        table.add_column(
+            Text(headers[index], style="bold"),
+            width=widths[index],
+            no_wrap=True,
+            overflow="ellipsis",
+        )
     styles = list(row_styles or [])
     for index, row in enumerate(body):
         style = styles[index] if index < len(styles) else None
-        text = line(row)
-        lines.append(click.style(text, **style) if style else text)
-    return lines
+        table.add_row(*(Text(row[i]) for i in shown), style=style)
+    return table
+
+
+#: The width a report is laid out in: tables come fitted (`render_table`), and a line
+#: longer than the terminal is the terminal's to wrap.
+_UNBOUNDED = 1_000_000
+
+
+def report_text(report: Report, *, color: bool = True) -> str:
+    """The text of `report`, with ANSI colors unless `color` is false (`click.echo`
+    drops them where they do not belong: a pipe, a file, `NO_COLOR`)."""
+    console = Console(
+        force_terminal=color,
+        no_color=not color,
+        width=_UNBOUNDED,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=True,
+    )
+    with console.capture() as capture:
+        for item in report:
+            console.print(item)
+    # A table pads its last column; the spaces would only get in the way of a pipe.
+    return "\n".join(line.rstrip() for line in capture.get().splitlines())
 
 
 def _fitted(widths: list[int], floors: list[int], width: int) -> list[int]:
@@ -330,7 +368,7 @@ def _next_attempt(queue: QueueStatus, now: datetime) -> str:
     return fmt_relative(head.next_attempt_at, now)
 
 
-def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[str]:
+def render_queues(statuses: Sequence[Status], width: int | None = None) -> Report:
     """The `queues` report: one row per queue (blocked ones marked with "!" and in red),
     the summary line, suspended scopes, and the attempts running on each node; its table
     fitted to `width` (a terminal's) by shortening the last errors and the nodes."""
@@ -349,7 +387,7 @@ def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[
         "UNTIL",
     )
     rows: list[list[str]] = []
-    styles: list[Mapping[str, Any] | None] = []
+    styles: list[str | None] = []
     for status in statuses:
         for queue in status.queues:
             head, lock = queue.head, queue.lock
@@ -373,9 +411,9 @@ def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[
                 ]
             )
             if queue.blocked:
-                styles.append({"fg": "red", "bold": True})
+                styles.append("bold red")
             elif queue.suspended is not None:
-                styles.append({"fg": "yellow"})
+                styles.append("yellow")
             else:
                 styles.append(None)
     shrink = ("LAST ERROR", "LOCKED BY")
@@ -384,12 +422,11 @@ def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[
     drop: tuple[str, ...] = ("UNTIL", "FAILED", "HEAD", "LOCKED BY", "PENDING")
     if len(statuses) == 1:
         drop += ("SCOPE",)
-    lines = ["no queues"]
+    lines: Report = ["no queues"]
     if rows:
-        lines = render_table(headers, rows, styles, width=width, shrink=shrink, drop=drop)
+        lines = [render_table(headers, rows, styles, width=width, shrink=shrink, drop=drop)]
     summary = queues_summary(statuses)
-    text = summary_line(summary)
-    lines += ["", click.style(text, fg="red", bold=True) if summary["blocked"] else text]
+    lines += ["", Text(summary_line(summary), style="bold red" if summary["blocked"] else "")]
     for status in statuses:
         if status.next_after is not None:
             lines.append(
@@ -398,19 +435,19 @@ def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[
             )
         if status.suspended is not None:
             lines.append(
-                click.style(
+                Text(
                     f"scope {status.scope} suspended {fmt_suspension(status.suspended)}",
-                    fg="yellow",
+                    style="yellow",
                 )
             )
         shown = {queue.queue for queue in status.queues}
         for suspension in status.suspensions:
             if suspension.queue is not None and suspension.queue not in shown:
                 lines.append(
-                    click.style(
+                    Text(
                         f"queue {suspension.queue} of scope {status.scope} suspended "
                         f"{fmt_suspension(suspension)} (nothing pending)",
-                        fg="yellow",
+                        style="yellow",
                     )
                 )
     attempts = _running_attempts(statuses)
@@ -419,20 +456,24 @@ def render_queues(statuses: Sequence[Status], width: int | None = None) -> list[
         lines.append("no running attempts")
         return lines
     lines.append("running attempts:")
-    lines += render_table(
-        ("NODE", "SCOPE", "QUEUE", "JOB", "ATTEMPT", "STARTED", "PROGRESS"),
-        [
+    lines.append(
+        render_table(
+            ("NODE", "SCOPE", "QUEUE", "JOB", "ATTEMPT", "STARTED", "PROGRESS"),
             [
-                attempt.node,
-                attempt.job.scope,
-                attempt.queue,
-                str(attempt.job.id),
-                str(attempt.job.attempts),
-                fmt_time(attempt.started_at),
-                fmt_progress(attempt.job),
-            ]
-            for attempt in attempts
-        ],
+                [
+                    attempt.node,
+                    attempt.job.scope,
+                    attempt.queue,
+                    str(attempt.job.id),
+                    str(attempt.job.attempts),
+                    fmt_time(attempt.started_at),
+                    fmt_progress(attempt.job),
+                ]
+                for attempt in attempts
+            ],
+            width=width,
+            shrink=("PROGRESS", "NODE"),
+        )
     )
     return lines
 
@@ -451,7 +492,7 @@ def job_when(job: Job) -> str:
     return "-"
 
 
-def render_jobs(jobs: Sequence[Job], width: int | None = None) -> list[str]:
+def render_jobs(jobs: Sequence[Job], width: int | None = None) -> Report:
     """The table of `jobs list` (its footer apart), fitted to `width` (a terminal's) by
     shortening the errors."""
     rows = [
@@ -467,22 +508,21 @@ def render_jobs(jobs: Sequence[Job], width: int | None = None) -> list[str]:
         ]
         for job in jobs
     ]
-    styles: list[Mapping[str, Any] | None] = [
-        {"fg": "red"} if job.state in (JobState.RETRYING, JobState.BLOCKED) else None
-        for job in jobs
-    ]
+    styles = ["red" if job.state in (JobState.RETRYING, JobState.BLOCKED) else None for job in jobs]
     if not rows:
         return ["no jobs"]
-    return render_table(
-        ("ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT ATTEMPT / DONE AT", "ERROR"),
-        rows,
-        styles,
-        width=width,
-        shrink=("ERROR",),
-    )
+    return [
+        render_table(
+            ("ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT ATTEMPT / DONE AT", "ERROR"),
+            rows,
+            styles,
+            width=width,
+            shrink=("ERROR",),
+        )
+    ]
 
 
-def render_jobs_page(page: Page, width: int | None = None) -> list[str]:
+def render_jobs_page(page: Page, width: int | None = None) -> Report:
     """A page of `jobs list`: a table of the jobs and a footer `page N of M (T jobs)`."""
     return [*render_jobs(page.items, width), page_footer(page)]
 
@@ -524,11 +564,11 @@ def jobs_page_json(scope: str | None, page: Page) -> dict[str, Any]:
     }
 
 
-def _indented(text: str) -> list[str]:
-    return ["  " + line if line else "" for line in text.splitlines()] or ["  "]
+def _indented(text: str) -> Report:
+    return [Text("  " + line if line else "") for line in text.splitlines()] or ["  "]
 
 
-def render_job(job: Job) -> list[str]:
+def render_job(job: Job) -> Report:
     """Every field of a job for `jobs show`: settings, times, progress, params and result
     (JSON), the whole error and the interventions."""
     attempts = f"{job.attempts} (max {job.max_attempts} per round)"
@@ -562,12 +602,10 @@ def render_job(job: Job) -> list[str]:
     ]
     width = max(len(name) for name, _ in fields) + 1
     failing = job.state in ("retrying", "blocked")
-    lines = [click.style(f"job {job.id}", bold=True)]
+    lines: Report = [Text(f"job {job.id}", style="bold")]
     for name, value in fields:
         text = f"  {(name + ':').ljust(width)} {value}"
-        lines.append(
-            click.style(text, fg="red", bold=True) if name == "state" and failing else text
-        )
+        lines.append(Text(text, style="bold red" if name == "state" and failing else ""))
     lines.append("params:")
     lines += _indented(json.dumps(job.params, indent=2, ensure_ascii=False))
     lines.append("result:")
@@ -576,16 +614,19 @@ def render_job(job: Job) -> list[str]:
     lines += _indented(job.error) if job.error else ["  -"]
     lines.append("interventions:")
     if job.interventions:
-        lines += [
-            "  " + line
-            for line in render_table(
-                ("AT", "ACTION", "BY", "REASON"),
-                [
-                    [fmt_time(item.at), item.action, item.by, item.reason or "-"]
-                    for item in job.interventions
-                ],
+        lines.append(
+            Padding(
+                render_table(
+                    ("AT", "ACTION", "BY", "REASON"),
+                    [
+                        [fmt_time(item.at), item.action, item.by, item.reason or "-"]
+                        for item in job.interventions
+                    ],
+                ),
+                (0, 0, 0, 2),
+                expand=False,
             )
-        ]
+        )
     else:
         lines.append("  -")
     return lines

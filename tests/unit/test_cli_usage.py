@@ -11,11 +11,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import click
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from factories import make_job
+from rich.cells import cell_len
 
 import queuetopia_py
 from queuetopia_py import Job, Lock, Page, QueueStatus, Queuetopia, RunningAttempt, migrate
@@ -36,6 +36,11 @@ class UnitQueue(Queuetopia, performer=NoopPerformer):
 
 NOT_A_CLASS = 42
 """
+
+
+def report_lines(report: cli_tables.Report) -> list[str]:
+    """The lines a report prints as, without colors."""
+    return cli_tables.report_text(report, color=False).splitlines()
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -353,7 +358,7 @@ def test_error_summary_is_the_exception_line_of_a_traceback() -> None:
         stored = "".join(traceback.format_exception(exc))
     assert cli_tables.error_summary(stored) == "ValueError: bad amount"
     assert cli_tables.error_summary("job_timeout\nmore") == "job_timeout"
-    assert cli_tables.error_summary("x" * 100, width=10) == "xxxxxxx..."
+    assert cli_tables.error_summary("x" * 100, width=10) == "xxxxxxxxx…"
     assert cli_tables.error_summary(None) == ""
     cut = "Traceback (most recent call last):\n  File 'a.py', line 1\n    boom()"
     assert cli_tables.error_summary(cut) == "boom()"
@@ -372,7 +377,7 @@ def test_json_values_are_plain_iso_datetimes_and_seconds() -> None:
 def test_jobs_page_has_a_footer_with_the_page_and_the_total() -> None:
     jobs = [make_job(id=i, queue="q", action="a", error="boom") for i in (3, 4)]
     page = Page(items=jobs, total=7, page_number=2, page_size=2)
-    lines = [click.unstyle(line) for line in cli_tables.render_jobs_page(page)]
+    lines = report_lines(cli_tables.render_jobs_page(page))
     assert lines[0].split() == ["ID", "QUEUE", "ACTION", "STATE", "ATTEMPTS", "NEXT", "ATTEMPT",
                                 "/", "DONE", "AT", "ERROR"]  # fmt: skip
     assert [line.split()[0] for line in lines[1:3]] == ["3", "4"]
@@ -402,15 +407,15 @@ def test_a_done_job_shows_no_next_attempt_failing_time_or_old_error_in_listings(
     done = make_job(
         id=7, done_at=now, next_attempt_at=now, failing_since=now, error="RuntimeError: once"
     )
-    (row,) = [click.unstyle(line) for line in cli_tables.render_jobs([done])][1:]
+    (row,) = report_lines(cli_tables.render_jobs([done]))[1:]
     assert row.split()[-1] == "-" and "RuntimeError" not in row
     shown = {
         line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
-        for line in map(click.unstyle, cli_tables.render_job(done))
+        for line in report_lines(cli_tables.render_job(done))
         if line.startswith("  ") and ":" in line
     }
     assert shown["next attempt at"] == "-" and shown["failing since"] == "-"
-    assert "error of an earlier attempt:" in cli_tables.render_job(done)
+    assert "error of an earlier attempt:" in report_lines(cli_tables.render_job(done))
 
 
 def test_a_job_id_that_is_not_a_number_is_explained() -> None:
@@ -455,36 +460,46 @@ def test_a_table_fits_the_width_given_by_shortening_its_free_text_columns() -> N
     headers = ("ID", "QUEUE", "NEXT ATTEMPT", "LAST ERROR", "LOCKED BY")
     rows = [["1", "payments", "2025-05-01 09:30:29 (in 8s)", "E" * 60, "web-1:4242:" + "f" * 30]]
     shrink = ("LAST ERROR", "LOCKED BY")
-    wide = cli_tables.render_table(headers, rows, shrink=shrink)
-    assert len(click.unstyle(wide[1])) > 80
-    fitted = [
-        click.unstyle(line)
-        for line in cli_tables.render_table(headers, rows, width=80, shrink=shrink)
-    ]
+    wide = report_lines([cli_tables.render_table(headers, rows, shrink=shrink)])
+    assert len(wide[1]) > 80 and "…" not in wide[1]
+    fitted = report_lines([cli_tables.render_table(headers, rows, width=80, shrink=shrink)])
     assert all(len(line) <= 80 for line in fitted), fitted
     assert fitted[1].startswith("1   payments  2025-05-01 09:30:29 (in 8s)  EEEE")
-    assert fitted[1].count("...") == 2
+    assert fitted[1].count("…") == 2
     # Too narrow: the other columns stay whole, the free text keeps 12 characters.
-    narrow = cli_tables.render_table(headers, rows, width=20, shrink=shrink)
-    assert click.unstyle(narrow[1]).split()[-2:] == ["EEEEEEEEE...", "web-1:424..."]
+    narrow = report_lines([cli_tables.render_table(headers, rows, width=20, shrink=shrink)])
+    assert narrow[1].split()[-2:] == ["EEEEEEEEEEE…", "web-1:4242:…"]
 
 
 def test_a_table_too_wide_for_the_terminal_leaves_out_columns_in_the_order_given() -> None:
     headers = ("QUEUE", "NEXT ATTEMPT", "LAST ERROR", "LOCKED BY", "UNTIL")
     rows = [["payments", "2025-05-01 09:30:29 (in 8s)", "E" * 60, "web-1", "2025-05-01 09:31:02"]]
-    lines = cli_tables.render_table(
+    table = cli_tables.render_table(
         headers, rows, width=60, shrink=("LAST ERROR",), drop=("UNTIL", "LOCKED BY")
     )
-    plain = [click.unstyle(line) for line in lines]
+    plain = report_lines([table])
     assert plain[0].split() == ["QUEUE", "NEXT", "ATTEMPT", "LAST", "ERROR"]
     assert all(len(line) <= 60 for line in plain), plain
     assert plain[1].startswith("payments  2025-05-01 09:30:29 (in 8s)  EEE")
 
 
-def test_table_cells_stay_on_one_line() -> None:
-    lines = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there"]])
+def test_wide_characters_count_as_the_cells_they_take_on_the_terminal() -> None:
+    rows = [["メール送信キュー", "E" * 60], ["mails", "Short"]]
+    table = cli_tables.render_table(("QUEUE", "ERROR"), rows, width=40, shrink=("ERROR",))
+    plain = report_lines([table])
+    assert all(cell_len(line) <= 40 for line in plain), plain
+    # The columns line up on the screen: the error starts at the same cell on each row.
+    starts = [
+        cell_len(line[: line.index(error)]) for line, error in zip(plain[1:], "ES", strict=True)
+    ]
+    assert starts == [18, 18]
+
+
+def test_table_cells_stay_on_one_line_and_print_as_they_are() -> None:
+    table = cli_tables.render_table(("A", "B"), [["x\ny", "tab\there [red]not markup[/]"]])
+    lines = report_lines([table])
     assert len(lines) == 2
-    assert click.unstyle(lines[1]) == "x y  tab here"
+    assert lines[1] == "x y  tab here [red]not markup[/]"
 
 
 def test_the_version_is_the_installed_distributions() -> None:
