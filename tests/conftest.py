@@ -66,11 +66,14 @@ def _system_tests_on() -> bool:
     return os.environ.get(SYSTEM_TESTS, "") not in ("", "0")
 
 
+def _is_system(item: pytest.Item) -> bool:
+    return item.get_closest_marker("system") is not None or SYSTEM_DIR in item.path.parents
+
+
 def _not_run(item: pytest.Item) -> str | None:
     """Why `item` is left out of this run, or None: a system test while they are off, a
     test of a backend that is unreachable here and not required."""
-    system = item.get_closest_marker("system") is not None or SYSTEM_DIR in item.path.parents
-    if system and not _system_tests_on():
+    if _is_system(item) and not _system_tests_on():
         return (
             "system tests (real worker processes, several minutes): set"
             f" {SYSTEM_TESTS}=1 to run them (bash .ci/run does)"
@@ -98,10 +101,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left:
         config.hook.pytest_deselected(items=left)
         items[:] = kept
+    for item in kept:
+        if _is_system(item):
+            # With pytest-xdist, the system tests (several processes each, timing under
+            # chaos) run one after another on one worker, beside the rest of the suite.
+            item.add_marker(pytest.mark.xdist_group("system"))
     config.stash[_NOT_RUN] = reasons
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its controller prints the summary
+        workeroutput["not_run"] = reasons
 
 
 _NOT_RUN = pytest.StashKey[dict[str, int]]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A pytest-xdist worker ended: keep what it left out (every worker collects every
+    test and leaves out the same ones) for the summary."""
+    reasons = getattr(node, "workeroutput", {}).get("not_run")
+    if reasons:
+        node.config.stash[_NOT_RUN] = reasons
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -74,11 +74,8 @@ def test_a_result_larger_than_the_limit_is_stored_as_null_with_a_warning(
     )
 
 
-def test_params_longer_than_a_mariadb_statement_are_refused_as_such(
-    make_queue: Callable, backend: str
-) -> None:
-    if backend != "mariadb":
-        pytest.skip("max_allowed_packet is MariaDB's and MySQL's")
+@pytest.mark.parametrize("backend", ["mariadb"], indirect=True)  # max_allowed_packet
+def test_params_longer_than_a_mariadb_statement_are_refused_as_such(make_queue: Callable) -> None:
     queue = make_queue(scope="sizes", max_params_bytes=64 * MIB)
     with pytest.raises(InvalidJobError, match="max_allowed_packet"):
         queue.create_job("q", "a", params_of(20 * MIB))
