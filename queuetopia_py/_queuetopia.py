@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import getpass
@@ -14,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -48,14 +49,18 @@ from queuetopia_py._options import Options
 from queuetopia_py._scheduler import RunState, Scheduler
 from queuetopia_py._schema import build_tables
 from queuetopia_py._status import Status, Suspension
+from queuetopia_py._store.aio import AsyncCalls
 from queuetopia_py._store.announcements import MAX_QUEUES_ANNOUNCED, channel
 from queuetopia_py._store.claims import ClaimStore
 from queuetopia_py._store.cleaner import Cleaner
 from queuetopia_py._store.control import ControlStore
-from queuetopia_py._store.database import Database, check_schema, create_engine
+from queuetopia_py._store.database import Database, check_schema, create_engine, normalize_url
 from queuetopia_py._store.inspection import Inspection
 from queuetopia_py._store.jobs import JobStore
 from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 logger = logging.getLogger("queuetopia_py.queuetopia")
 
@@ -105,6 +110,29 @@ _FAILED_ERRORS: dict[JobState, type[JobFailedError]] = {
 }
 
 
+class _Wait:
+    """The pace of `wait_for`: a first look at once, then looks further and further
+    apart, until `timeout` (None: no end)."""
+
+    def __init__(self, timeout: Duration | None) -> None:
+        self.limit = None if timeout is None else to_timedelta("timeout", timeout, allow_zero=True)
+        self._deadline = (
+            None if self.limit is None else time.monotonic() + self.limit.total_seconds()
+        )
+        self._pause = _WAIT_FIRST_POLL
+
+    def over(self) -> bool:
+        """Whether the timeout has passed."""
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def pause(self) -> float:
+        """Seconds until the next look."""
+        pause, self._pause = self._pause, min(self._pause * 2, _WAIT_MAX_POLL)
+        if self._deadline is None:
+            return pause
+        return max(0.0, min(pause, self._deadline - time.monotonic()))
+
+
 def default_operator() -> str:
     """Who an operator's action is recorded as by default: `user@host`."""
     try:
@@ -152,6 +180,14 @@ class Queuetopia:
             )
         )
         self._db = Database(engine, build_tables(self.options.table_prefix))
+        # The awaitable methods' calls: on PostgreSQL, on an asyncio engine of the same
+        # URL (made on the first one), with a pool of its own.
+        self._aio = AsyncCalls(
+            self._db,
+            None if isinstance(repo, Engine) else normalize_url(repo),
+            statement_timeout=self.options.statement_timeout,
+            pool_size=5,
+        )
         self._jobs = JobStore(self._db, self.scope)
         self._cleaner = Cleaner(self._db, self.scope)
         # Tells of the jobs created in callers' transactions once those commit.
@@ -407,27 +443,32 @@ class Queuetopia:
         `WaitTimeoutError` (a `TimeoutError`) when `timeout` passes first. A blocked job
         is waited for: an operator may retry it.
         """
-        limit = None if timeout is None else to_timedelta("timeout", timeout, allow_zero=True)
-        deadline = None if limit is None else time.monotonic() + limit.total_seconds()
-        pause = _WAIT_FIRST_POLL
+        wait = _Wait(timeout)
         while True:
-            # Read without its params (which may be large) until it has ended.
-            job = self._jobs.summary(job_id)
-            if job is None:
-                raise JobNotFoundError(job_id, self.scope)
-            if job.done:
-                return self._jobs.result(job_id)
-            if job.outcome is not None:
-                raise _FAILED_ERRORS[job.outcome](self._jobs.get(job_id) or job)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"job {job_id} still {job.state} after {limit.total_seconds():g} s"
-                    if limit is not None
-                    else f"job {job_id} still {job.state}"
-                )
-            remaining = None if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, pause if remaining is None else min(pause, remaining)))
-            pause = min(pause * 2, _WAIT_MAX_POLL)
+            done, result = self._look(job_id, wait)
+            if done:
+                return result
+            time.sleep(wait.pause())
+
+    def _look(self, job_id: int, wait: _Wait) -> tuple[bool, Any]:
+        """Read the job waited for: (True, its result) once done; (False, None) while it
+        may still be. Raises as `wait_for` says."""
+        # Read without its params (which may be large) until it has ended.
+        job = self._jobs.summary(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id, self.scope)
+        if job.done:
+            return True, self._jobs.result(job_id)
+        if job.outcome is not None:
+            raise _FAILED_ERRORS[job.outcome](self._jobs.get(job_id) or job)
+        if wait.over():
+            limit = wait.limit
+            raise WaitTimeoutError(
+                f"job {job_id} still {job.state} after {limit.total_seconds():g} s"
+                if limit is not None
+                else f"job {job_id} still {job.state}"
+            )
+        return False, None
 
     # -- operations --------------------------------------------------------------------
 
@@ -554,6 +595,183 @@ class Queuetopia:
         """The scope of job `job_id` in these tables, whatever its scope (for tools)."""
         return self._inspection.scope_of(job_id)
 
+    # -- asyncio -----------------------------------------------------------------------
+    # Awaitable counterparts of the methods above, with their arguments and behaviour.
+    # On PostgreSQL (psycopg) their statements are awaited on the caller's loop; on
+    # SQLite and MariaDB/MySQL, or with an engine given as `repo`, each call runs on a
+    # worker thread (see `_store.aio`).
+
+    async def acreate_job(
+        self,
+        queue: str,
+        action: str,
+        params: dict[str, Any],
+        *,
+        timeout: Duration | None = None,
+        max_backoff: Duration | None = None,
+        max_attempts: int | None = None,
+        scheduled_at: Any = None,
+        on_failure: FailureMode | None = None,
+        connection: AsyncConnection | None = None,
+    ) -> Job:
+        """`create_job`, awaitable. With `connection` (an `AsyncConnection`), the job is
+        written in the caller's transaction and exists only if the caller commits.
+
+        >>> job = await queue.acreate_job("mails_queue_1", "send_mail", {"to": "a@b.c"})
+        """
+        create = functools.partial(
+            self.create_job,
+            queue,
+            action,
+            params,
+            timeout=timeout,
+            max_backoff=max_backoff,
+            max_attempts=max_attempts,
+            scheduled_at=scheduled_at,
+            on_failure=on_failure,
+        )
+        if connection is not None:
+            return await connection.run_sync(lambda conn: create(connection=conn))
+        return await self._aio(create)
+
+    async def acreate_jobs(
+        self, jobs: Iterable[Mapping[str, Any]], *, connection: AsyncConnection | None = None
+    ) -> list[Job]:
+        """`create_jobs`, awaitable (`connection`: an `AsyncConnection`)."""
+        items = list(jobs)
+        if connection is not None:
+            return await connection.run_sync(lambda conn: self.create_jobs(items, connection=conn))
+        return await self._aio(self.create_jobs, items)
+
+    async def aget_job(self, job_id: int) -> Job | None:
+        """`get_job`, awaitable."""
+        return await self._aio(self.get_job, job_id)
+
+    async def alist_jobs(
+        self,
+        queue: str | None = None,
+        *,
+        action: str | None = None,
+        available: bool | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: int | None = None,
+    ) -> list[Job]:
+        """`list_jobs`, awaitable."""
+        return await self._aio(
+            self.list_jobs,
+            queue,
+            action=action,
+            available=available,
+            state=state,
+            limit=limit,
+            offset=offset,
+            after=after,
+        )
+
+    async def apaginate_jobs(
+        self,
+        page_size: int = 100,
+        page_number: int = 1,
+        *,
+        queue: str | None = None,
+        action: str | None = None,
+        available: bool | None = None,
+        state: str | None = None,
+    ) -> Page:
+        """`paginate_jobs`, awaitable."""
+        return await self._aio(
+            self.paginate_jobs,
+            page_size,
+            page_number,
+            queue=queue,
+            action=action,
+            available=available,
+            state=state,
+        )
+
+    async def await_for(self, job_id: int, timeout: Duration | None = None) -> Any:
+        """`wait_for`, awaitable: the loop runs other tasks between looks at the job.
+
+        >>> result = await queue.await_for(job.id, timeout=30)
+        """
+        wait = _Wait(timeout)
+        while True:
+            done, result = await self._aio(self._look, job_id, wait)
+            if done:
+                return result
+            await asyncio.sleep(wait.pause())
+
+    async def acleanup_jobs(
+        self,
+        older_than: Duration | None = None,
+        *,
+        include_ended: bool = False,
+        skip_if_busy: bool = False,
+    ) -> int:
+        """`cleanup_jobs`, awaitable."""
+        return await self._aio(
+            self.cleanup_jobs, older_than, include_ended=include_ended, skip_if_busy=skip_if_busy
+        )
+
+    async def astatus(self, limit: int | None = None, *, after: str | None = None) -> Status:
+        """`status`, awaitable."""
+        return await self._aio(self.status, limit, after=after)
+
+    async def asuspend(
+        self, queue: str | None = None, *, by: str | None = None, reason: str | None = None
+    ) -> Suspension:
+        """`suspend`, awaitable."""
+        return await self._aio(self.suspend, queue, by=by, reason=reason)
+
+    async def aresume(
+        self, queue: str | None = None, *, by: str | None = None, reason: str | None = None
+    ) -> bool:
+        """`resume`, awaitable."""
+        return await self._aio(self.resume, queue, by=by, reason=reason)
+
+    async def asuspensions(self) -> list[Suspension]:
+        """`suspensions`, awaitable."""
+        return await self._aio(self.suspensions)
+
+    async def acancel_job(
+        self, job_id: int, *, by: str | None = None, reason: str | None = None
+    ) -> Job:
+        """`cancel_job`, awaitable."""
+        return await self._aio(self.cancel_job, job_id, by=by, reason=reason)
+
+    async def aabort_job(
+        self, job_id: int, *, by: str | None = None, reason: str | None = None
+    ) -> Job:
+        """`abort_job`, awaitable."""
+        return await self._aio(self.abort_job, job_id, by=by, reason=reason)
+
+    async def aretry_job(
+        self, job_id: int, *, by: str | None = None, reason: str | None = None
+    ) -> Job:
+        """`retry_job`, awaitable."""
+        return await self._aio(self.retry_job, job_id, by=by, reason=reason)
+
+    async def astart(self) -> None:
+        """`start`, awaitable: checks the tables without blocking the loop, then runs the
+        scope's queues in the background."""
+        await self._aio(self.start)
+
+    async def astop(self, timeout: float | None = None) -> bool:
+        """`stop`, awaitable: running attempts finish while the loop runs on; then the
+        connections of the awaitable methods are closed too."""
+        finished = await asyncio.to_thread(self.stop, timeout)
+        await self._aio.dispose()
+        return finished
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.astop()
+
     # -- scheduler ---------------------------------------------------------------------
 
     def _hint_other_scopes(self) -> None:
@@ -660,7 +878,7 @@ class Queuetopia:
         for queue in distinct:
             scheduler.offer(queue)
 
-    def __enter__(self) -> Queuetopia:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

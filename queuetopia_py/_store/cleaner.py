@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -71,7 +70,7 @@ class Cleaner:
             if skip_if_busy:
                 logger.debug("another node is cleaning", extra={"scope": self.scope})
                 return 0
-            time.sleep(pause * random.uniform(0.5, 1.0))
+            self.db.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(pause * 2, _CLEANER_MAX_WAIT)
             token = self._take_cleaner_lock(node)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -13,10 +14,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -29,6 +31,7 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
+from sqlalchemy.util import await_only
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -45,6 +48,9 @@ from queuetopia_py._errors import (
     SchemaMissingError,
 )
 from queuetopia_py._schema import Tables, UtcDateTime, build_tables
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger("queuetopia_py.store.database")
 T = TypeVar("T")
@@ -83,6 +89,10 @@ _CANCELLED_SQLSTATES = {"57014"}
 _MISSING_TABLE_SQLSTATES = {"42P01"}
 _MISSING_TABLE_MYSQL = {1146}
 
+#: True while a coroutine's call runs the store's statements on the asyncio engine of its
+#: `Database` (see `aio.AsyncCalls`): connections come from that engine, and waits await.
+ON_LOOP: ContextVar[bool] = ContextVar("queuetopia_on_loop", default=False)
+
 
 def normalize_url(url: str | URL) -> URL:
     """Parse a URL, filling in the supported driver when only the database is named."""
@@ -114,6 +124,29 @@ def create_engine(
             raise ConfigurationError(f"repo: {first_line}") from None
         _setup_sqlite(engine)
         return engine
+    silence = _server_settings(parsed, statement_timeout, kwargs)
+    engine = _made(sa.create_engine, parsed, kwargs)
+    _watch(engine, silence, kwargs)
+    return engine
+
+
+def create_async_engine(
+    url: str | URL, *, statement_timeout: timedelta | None = None, **kwargs: Any
+) -> AsyncEngine:
+    """The asyncio engine of a PostgreSQL URL (psycopg's async connection), with the
+    settings of `create_engine`: for the statements of coroutines' calls (`aio`)."""
+    from sqlalchemy.ext import asyncio as sa_asyncio  # needs greenlet: only when used
+
+    parsed = normalize_url(url)
+    silence = _server_settings(parsed, statement_timeout, kwargs)
+    engine = _made(sa_asyncio.create_async_engine, parsed, kwargs)
+    _watch(engine.sync_engine, silence, kwargs)
+    return engine
+
+
+def _server_settings(parsed: URL, statement_timeout: timedelta | None, kwargs: Any) -> float | None:
+    """Set the engine arguments of a database server's URL in `kwargs` (those given win);
+    return how long a psycopg call may go unanswered (None: not watched)."""
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         # Claims and records lock rows by key: without gap locks (which REPEATABLE READ
         # takes, and which deadlock concurrent claims), nodes do not wait on each other.
@@ -135,14 +168,18 @@ def create_engine(
         # A server that does not answer (host down, network cut) fails a connection
         # attempt after this many seconds, as PyMySQL's default does, instead of never.
         connect_args.setdefault("connect_timeout", _CONNECT_TIMEOUT)
-    silence: float | None = None
-    if statement_timeout is not None:
-        seconds = statement_timeout.total_seconds()
-        for name, value in _statement_bounds(parsed, seconds).items():
-            connect_args.setdefault(name, value)
-        silence = seconds + _SILENCE_GRACE if _driver(parsed) == "psycopg" else None
+    if statement_timeout is None:
+        return None
+    seconds = statement_timeout.total_seconds()
+    for name, value in _statement_bounds(parsed, seconds).items():
+        connect_args.setdefault(name, value)
+    return seconds + _SILENCE_GRACE if _driver(parsed) == "psycopg" else None
+
+
+def _made(factory: Callable[..., T], parsed: URL, kwargs: Any) -> T:
+    """`factory(parsed, **kwargs)`, a missing or unknown driver said as configuration."""
     try:
-        engine = sa.create_engine(parsed, **kwargs)
+        return factory(parsed, **kwargs)
     except NoSuchModuleError:
         raise ConfigurationError(
             f"repo: unsupported database {parsed.drivername!r} "
@@ -154,11 +191,14 @@ def create_engine(
             f"repo: the driver for {parsed.drivername} is not installed "
             f"(pip install 'queuetopia_py[{extra}]'): {exc}"
         ) from None
+
+
+def _watch(engine: Engine, silence: float | None, kwargs: Any) -> None:
+    """Watch `engine`'s calls for `silence` seconds, and ping its idle connections."""
     if silence is not None:
         _watchdog.adopt(engine, silence)
     if not kwargs.get("pool_pre_ping"):
         _ping_after_idle(engine, silence)
-    return engine
 
 
 def sqlite_file(url: URL) -> Path | None:
@@ -343,7 +383,9 @@ class _Watchdog:
         if key in self._calls:
             return None
         try:
-            socket_fd = os.dup(dbapi_connection.fileno())
+            # An asyncio driver's connection is adapted: the driver's own has the socket.
+            driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+            socket_fd = os.dup(driver.fileno())
         except Exception:  # closed or broken: the call fails at once by itself
             return None
         call = self._calls[key] = _Call(socket_fd, seconds, time.monotonic() + seconds)
@@ -531,6 +573,8 @@ class Database:
 
     def __init__(self, engine: Engine, tables: Tables | None = None) -> None:
         self.engine = engine
+        #: The engine of coroutines' calls (`aio.AsyncCalls`), when they have their own.
+        self.async_engine: AsyncEngine | None = None
         self.tables = tables or build_tables()
         self.dialect = engine.dialect.name
         self._local = threading.local()
@@ -540,7 +584,6 @@ class Database:
         self._writer: contextlib.AbstractContextManager[Any] = (
             _sqlite_writer(engine) if self.dialect == "sqlite" else contextlib.nullcontext()
         )
-        self._silence = _watchdog.limit(engine)
         self._packet_limit: int | None = None
 
     def statement_limit(self, conn: Connection) -> int | None:
@@ -573,7 +616,7 @@ class Database:
             yield
             return
         try:
-            conn = self.engine.connect()
+            conn = self._connect()
         except DBAPIError as exc:
             raise translate(exc) from exc
         self._local.connection = conn
@@ -588,7 +631,7 @@ class Database:
         """A pooled connection whose statements each commit by themselves (no BEGIN or
         COMMIT round trip), with errors translated: for one statement that says all."""
         try:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT")
                 with self._watched(conn):
                     yield conn
@@ -611,21 +654,35 @@ class Database:
 
     def _transaction(self) -> Iterator[Connection]:
         pinned: Connection | None = getattr(self._local, "connection", None)
-        if pinned is not None:
+        if pinned is not None and not ON_LOOP.get():
             if pinned.invalidated and pinned.in_transaction():
                 pinned.rollback()  # the connection was lost: start over on a new one
             with self._watched(pinned), pinned.begin():
                 yield pinned
             return
-        with self.engine.connect() as conn, self._watched(conn), conn.begin():
+        with self._connect() as conn, self._watched(conn), conn.begin():
             yield conn
+
+    def _connect(self) -> Connection:
+        """A pooled connection: of the asyncio engine in a coroutine's call (`ON_LOOP`)."""
+        if self.async_engine is not None and ON_LOOP.get():
+            return self.async_engine.sync_engine.connect()
+        return self.engine.connect()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`: in a coroutine's call (`ON_LOOP`), without blocking its loop."""
+        if ON_LOOP.get():
+            await_only(asyncio.sleep(seconds))
+        else:
+            time.sleep(seconds)
 
     def _watched(self, conn: Connection) -> contextlib.AbstractContextManager[None]:
         """Give up the block's calls on `conn` once one has had no answer for too long
         (engines made by `create_engine` with a statement timeout, on psycopg)."""
-        if self._silence is None:
+        silence = _watchdog.limit(conn.engine)
+        if silence is None:
             return contextlib.nullcontext()
-        return _watchdog.watch(conn.connection.dbapi_connection, self._silence)
+        return _watchdog.watch(conn.connection.dbapi_connection, silence)
 
     def retrying(
         self, fn: Callable[[], T], *, conflicts_only: bool = False, max_seconds: float = 30.0
@@ -659,6 +716,7 @@ class Database:
             stop=stop_after_delay(max_seconds),
             wait=wait_exponential(multiplier=0.02, max=2.0) + wait_random(0, 0.02),
             before_sleep=before_sleep_log(logger, logging.DEBUG),
+            sleep=self.sleep,
             reraise=True,
         )
         result = retryer(fn)
@@ -671,7 +729,7 @@ def check_schema(db: Database) -> None:
     from queuetopia_py.migrations import LATEST, check_known, current_version
 
     try:
-        with db.engine.connect() as conn, db._watched(conn):
+        with db._connect() as conn, db._watched(conn):
             version = current_version(conn, db.tables.prefix)
     except DBAPIError as exc:
         raise translate(exc) from exc
