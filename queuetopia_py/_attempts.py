@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 from queuetopia_py import defaults
 from queuetopia_py._backoff import default_backoff, next_attempt_at
+from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._execution import Executor, Outcome, describe_exception
 from queuetopia_py._job import Job, JobState, limit_result
 from queuetopia_py._lease import LeaseKeeper
@@ -41,6 +44,10 @@ class Attempted:
     retry_in: float | None = None
 
 
+def _call(hook: Callable[..., Any], *args: Any) -> Any:
+    return hook(*args)
+
+
 class AttemptRunner:
     """Runs claimed attempts of one scope on one node."""
 
@@ -53,8 +60,11 @@ class AttemptRunner:
         lease: LeaseKeeper | None = None,
         *,
         max_result_bytes: int = defaults.MAX_PARAMS_BYTES,
+        loop: PerformerLoop | None = None,
     ) -> None:
         self.records = records
+        # An async performer's loop: its async hooks run there (this thread waits).
+        self._call: Callable[..., Any] = _call if loop is None else loop.call
         #: Results larger than this (bytes of JSON) are stored as null (`max_params_bytes`).
         self.max_result_bytes = max_result_bytes
         self.executor = executor
@@ -143,7 +153,7 @@ class AttemptRunner:
             return following
         self.emit(EventKind.ATTEMPT_SUCCEEDED, done, attempt=done.attempts, duration=duration)
         try:
-            self.performer.handle_succeeded_job(done)
+            self._call(self.performer.handle_succeeded_job, done)
         except Exception:
             logger.exception("handle_succeeded_job raised", extra=log)
         return following
@@ -153,7 +163,7 @@ class AttemptRunner:
         job = claim.job
         assert outcome.error is not None and job.attempted_at is not None
         try:
-            delay = self.performer.backoff(replace(job, error=outcome.error))
+            delay = self._call(self.performer.backoff, replace(job, error=outcome.error))
             if not isinstance(delay, timedelta) or delay < timedelta(0):
                 raise TypeError(f"backoff() must return a non-negative timedelta, got {delay!r}")
         except Exception:
@@ -193,7 +203,7 @@ class AttemptRunner:
         elif exhausted and job.state is JobState.BLOCKED:
             self.emit(EventKind.JOB_BLOCKED, job, attempt=job.attempts, error=error)
         try:
-            self.performer.handle_failed_job(job)
+            self._call(self.performer.handle_failed_job, job)
         except Exception as exc:
             logger.exception(
                 "handle_failed_job raised",

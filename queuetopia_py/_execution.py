@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
@@ -30,8 +31,9 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from queuetopia_py import defaults
+from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._job import Job, to_result
-from queuetopia_py._performer import Performer
+from queuetopia_py._performer import Performer, is_async
 from queuetopia_py._progress import Reporter, reporting
 
 logger = logging.getLogger("queuetopia_py.execution")
@@ -39,23 +41,28 @@ logger = logging.getLogger("queuetopia_py.execution")
 _MAX_ERROR_LENGTH = 8000
 # How long a new worker process may take to import the performer and say it is ready.
 _WORKER_START_TIMEOUT = 120.0
+# How long a cancelled task (an async attempt past its timeout) may take to stop before
+# its queue is held locked until it does.
+_CANCEL_GRACE = 1.0
 # While an attempt's lock depends on renewals, look this often whether it lapsed.
 _LEASE_CHECK = 0.1
 
 
 def call_perform(performer: Performer, job: Job) -> object:
-    """Call `performer.perform(job)`: what it returns, or raise. An awaitable it returns
-    (a sync def calling an async function) is refused, never counted as a success: async
-    performers are not supported yet, and nothing here would run its body.
+    """Call `performer.perform(job)`: what it returns, or raise. An async perform runs to
+    its end on a loop of its own (`asyncio.run`: the inline and process executors). An
+    awaitable returned by a `def perform` (a sync def calling an async function) is
+    refused, never counted as a success: nothing here would run its body.
     """
+    if is_async(performer):
+        return asyncio.run(performer.perform(job))  # type: ignore[arg-type]
     value = performer.perform(job)
     if inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()  # not run: no "never awaited" warning when it is collected
-            raise TypeError("perform returned a coroutine: async performers are not supported yet")
         raise TypeError(
-            f"perform returned an awaitable ({type(value).__qualname__}): async performers "
-            "are not supported yet"
+            f"perform returned an awaitable ({type(value).__qualname__}) from a def: "
+            "define perform with async def to have it awaited"
         )
     return value
 
@@ -171,10 +178,15 @@ class _AttemptThread:
 
 class ThreadExecutor:
     """Runs attempts on threads of this process: each runner thread hands its attempts
-    to an attempt thread of its own, replaced when an attempt outlives its timeout."""
+    to an attempt thread of its own, replaced when an attempt outlives its timeout.
 
-    def __init__(self, performer: Performer) -> None:
+    With `loop` (an async performer), an attempt is a task of that loop instead, which
+    the runner thread waits for, and which is cancelled at the timeout.
+    """
+
+    def __init__(self, performer: Performer, loop: PerformerLoop | None = None) -> None:
         self.performer = performer
+        self.loop = loop
         self._local = threading.local()
 
     def _worker(self) -> _AttemptThread:
@@ -192,6 +204,8 @@ class ThreadExecutor:
     ) -> Outcome:
         """Run the attempt on this runner's attempt thread and wait for it until
         `deadline`. A thread cannot be stopped: `lapsed` is not used."""
+        if self.loop is not None:
+            return self._run_task(self.loop, job, deadline, progress)
         worker = self._worker()
         future = worker.submit(job, progress)
         try:
@@ -211,6 +225,36 @@ class ThreadExecutor:
             return Outcome(describe_exception(exc))
         return succeeded(value)
 
+    def _run_task(
+        self, loop: PerformerLoop, job: Job, deadline: float, progress: Reporter | None
+    ) -> Outcome:
+        """Run an async perform as a task of `loop`; cancel it at `deadline`."""
+        stopped = threading.Event()
+        perform = self.performer.perform
+
+        async def attempt() -> object:
+            try:
+                with reporting(progress):
+                    return await perform(job)  # type: ignore[misc]
+            finally:
+                stopped.set()
+
+        try:
+            future = loop.submit(attempt())
+            value = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            future.cancel()
+            # A task that catches its cancellation may go on: its queue stays locked
+            # until it has stopped, as a thread's would.
+            if stopped.wait(_CANCEL_GRACE):
+                return Outcome(defaults.TIMEOUT_ERROR, timed_out=True)
+            return Outcome(defaults.TIMEOUT_ERROR, timed_out=True, wait_stopped=stopped.wait)
+        except concurrent.futures.CancelledError:
+            return Outcome("the attempt's task was cancelled (its event loop is stopping)")
+        except BaseException as exc:
+            return Outcome(describe_exception(exc))
+        return succeeded(value)
+
     def prepare(self) -> None:
         """Nothing to prepare: the attempt thread starts with the first attempt."""
 
@@ -226,10 +270,12 @@ class ThreadExecutor:
 
 
 class InlineExecutor:
-    """Runs each attempt on the calling thread, without a timeout (test helpers' drain)."""
+    """Runs each attempt on the calling thread, without a timeout (test helpers' drain);
+    with `loop` (an async performer), as a task of that loop, waited for."""
 
-    def __init__(self, performer: Performer) -> None:
+    def __init__(self, performer: Performer, loop: PerformerLoop | None = None) -> None:
         self.performer = performer
+        self.loop = loop
 
     def run(
         self,
@@ -241,8 +287,11 @@ class InlineExecutor:
         """Run the attempt now, on this thread; neither `deadline` nor `lapsed` is
         enforced."""
         try:
-            with reporting(progress):
-                value = call_perform(self.performer, job)
+            with reporting(progress):  # the task gets this thread's context: its reporter
+                if self.loop is not None:
+                    value = self.loop.call(self.performer.perform, job)
+                else:
+                    value = call_perform(self.performer, job)
         except Exception as exc:
             return Outcome(describe_exception(exc))
         return succeeded(value)

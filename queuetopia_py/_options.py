@@ -23,7 +23,7 @@ from queuetopia_py._job import (
     to_timedelta,
     validate_name,
 )
-from queuetopia_py._performer import Performer, refuse_async
+from queuetopia_py._performer import Performer, is_async
 
 # The largest `max_params_bytes` accepted: 64 MiB. (MariaDB and MySQL also refuse a
 # statement longer than their `max_allowed_packet`, 16 MiB by default.)
@@ -125,5 +125,5 @@ class Options:
             )
         if performer is not None:
             # Hooks may also be set on an instance, or on a class after its definition.
-            refuse_async(performer)
+            is_async(performer)
         return cls(**values)

@@ -14,27 +14,43 @@ from queuetopia_py._job import Job
 _HOOKS = ("perform", "backoff", "handle_failed_job", "handle_succeeded_job")
 
 
-def refuse_async(performer: type[Performer] | Performer) -> None:
-    """Raise `ConfigurationError` if a hook of `performer` (a class, or an instance whose
-    hooks may be set on it) is a coroutine function: nothing would await it.
+def _is_coroutine_function(hook: object) -> bool:
+    # An object whose calls are coroutines is as async as an `async def`.
+    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004 (its call, not whether it has one)
+    )
 
-    >>> refuse_async(MailPerformer())   # returns when every hook is a plain function
+
+def is_async(performer: type[Performer] | Performer) -> bool:
+    """Whether `performer` (a class, or an instance whose hooks may be set on it) is an
+    async performer: its `perform` is an `async def`.
+
+    Raises `ConfigurationError` when it mixes the two kinds: the hooks it defines (those
+    it does not inherit from `Performer`) must all be `async def`, or all be `def`.
+
+    >>> is_async(MailPerformer())   # False: every hook is a def
     """
     owner = (
         performer.__qualname__
         if isinstance(performer, type)
         else f"the {type(performer).__qualname__} instance"
     )
-    for name in _HOOKS:
-        hook = getattr(performer, name, None)
-        # An object whose calls are coroutines is as async as an `async def`.
-        if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
-            getattr(hook, "__call__", None)  # noqa: B004 (its call, not whether it has one)
-        ):
-            raise ConfigurationError(
-                f"performer: {name} of {owner} is an async def (a coroutine function): "
-                f"async performers are not supported yet; define {name} with def"
-            )
+    own = {
+        name: _is_coroutine_function(hook)
+        for name in _HOOKS
+        if (hook := getattr(performer, name, None)) is not None
+        and getattr(hook, "__func__", hook) is not getattr(Performer, name)
+    }
+    kinds = set(own.values())
+    if len(kinds) > 1:
+        asynchronous = sorted(name for name, flag in own.items() if flag)
+        synchronous = sorted(name for name, flag in own.items() if not flag)
+        raise ConfigurationError(
+            f"performer: {owner} mixes async def ({', '.join(asynchronous)}) and def "
+            f"({', '.join(synchronous)}) hooks: define them all with async def (they run on "
+            "an event loop) or all with def (they run on threads)"
+        )
+    return own.get("perform", False)
 
 
 class Performer:
@@ -48,19 +64,24 @@ class Performer:
     >>> class MailPerformer(Performer):
     ...     def perform(self, job: Job) -> object:
     ...         send(job.params["email_address"])
+    >>> class AsyncMailPerformer(Performer):
+    ...     async def perform(self, job: Job) -> object:
+    ...         await send(job.params["email_address"])
 
     A performer is instantiated once per Queuetopia instance (or per worker process with
     `executor="process"`), so it may hold connections and caches.
 
-    Async performers are not supported yet: a subclass whose `perform`, `backoff`,
-    `handle_failed_job` or `handle_succeeded_job` is an `async def` raises
-    `ConfigurationError` when it is defined, and an attempt whose `perform` returns a
-    coroutine (or any awaitable) fails, the coroutine closed without being run.
+    An async performer defines `async def perform(self, job)` (and any other hook it
+    defines with `async def` too: one performer does not mix the two kinds). Its attempts
+    run as tasks on an event loop: the application's when the scheduler was started
+    with `await queue.astart()` (or `async with`), else a loop thread of the node's own;
+    an attempt past its timeout is cancelled. It must not block the loop (use
+    `asyncio.to_thread` for blocking calls).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        refuse_async(cls)
+        is_async(cls)  # refuses a mix of async def and def hooks
 
     def perform(self, job: Job) -> object:
         """Run one attempt of `job`. Raise to fail the attempt."""

@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from queuetopia_py._errors import InvalidJobError
@@ -29,7 +30,8 @@ MAX_MESSAGE_LENGTH = 1000
 
 Reporter = Callable[[str | None, float | None], bool]
 
-_current = threading.local()
+# The reporter of the attempt running in this thread, or in this task (an async perform).
+_current: ContextVar[Reporter | None] = ContextVar("queuetopia_progress", default=None)
 
 
 def report_progress(message: str | None = None, fraction: float | None = None) -> bool:
@@ -62,7 +64,7 @@ def report_progress(message: str | None = None, fraction: float | None = None) -
         ):
             raise InvalidJobError("fraction", fraction, "must be a number from 0.0 to 1.0")
         fraction = float(fraction)
-    reporter: Reporter | None = getattr(_current, "reporter", None)
+    reporter = _current.get()
     if reporter is None:
         return False
     return reporter(message, fraction)
@@ -70,13 +72,13 @@ def report_progress(message: str | None = None, fraction: float | None = None) -
 
 @contextmanager
 def reporting(reporter: Reporter | None) -> Iterator[None]:
-    """Route this thread's `report_progress` calls to `reporter` while the block runs."""
-    previous = getattr(_current, "reporter", None)
-    _current.reporter = reporter
+    """Route this thread's (or task's) `report_progress` calls to `reporter` while the
+    block runs."""
+    token = _current.set(reporter)
     try:
         yield
     finally:
-        _current.reporter = previous
+        _current.reset(token)
 
 
 #: Writes a report: `(job, message, fraction) -> False` if the attempt lost its claim.

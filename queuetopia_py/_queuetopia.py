@@ -33,6 +33,7 @@ from queuetopia_py._errors import (
     JobNotFoundError,
     WaitTimeoutError,
 )
+from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._execution import Executor, ProcessExecutor, ThreadExecutor
 from queuetopia_py._job import (
     Duration,
@@ -46,6 +47,7 @@ from queuetopia_py._job import (
     validate_new_job,
 )
 from queuetopia_py._options import Options
+from queuetopia_py._performer import is_async
 from queuetopia_py._scheduler import RunState, Scheduler
 from queuetopia_py._schema import build_tables
 from queuetopia_py._status import Status, Suspension
@@ -200,6 +202,8 @@ class Queuetopia:
         self._inspection = Inspection(self._db, self.scope)
         self._events = EventBus(parent=process_bus)
         self._scheduler: Scheduler | None = None
+        # The loop `astart` was awaited on, while it starts the scheduler.
+        self._app_loop: asyncio.AbstractEventLoop | None = None
         self._subscription: listener.Registration | None = None
         self._stop_at_exit_registered = False
 
@@ -755,8 +759,13 @@ class Queuetopia:
 
     async def astart(self) -> None:
         """`start`, awaitable: checks the tables without blocking the loop, then runs the
-        scope's queues in the background."""
-        await self._aio(self.start)
+        scope's queues in the background. An async performer's attempts run on this
+        loop (stop with `astop`: a `stop()` that blocks the loop holds them up)."""
+        self._app_loop = asyncio.get_running_loop()
+        try:
+            await self._aio(self.start)
+        finally:
+            self._app_loop = None
 
     async def astop(self, timeout: float | None = None) -> bool:
         """`stop`, awaitable: running attempts finish while the loop runs on; then the
@@ -810,10 +819,12 @@ class Queuetopia:
         check_schema(self._db)
         self._hint_other_scopes()
         instance = performer() if isinstance(performer, type) else performer
+        # An async performer's attempts (with the thread executor) and hooks run there.
+        loop = PerformerLoop(self._app_loop) if is_async(instance) else None
         executor: Executor = (
             ProcessExecutor(performer)
             if self.options.executor == "process"
-            else ThreadExecutor(instance)
+            else ThreadExecutor(instance, loop)
         )
         self._scheduler = Scheduler(
             ClaimStore(self._db, self.scope, self.node, self.options.lock_lease),
@@ -826,6 +837,7 @@ class Queuetopia:
             cleaner=functools.partial(self.cleanup_jobs, skip_if_busy=True),
             cleanup_interval=self.options.cleanup_interval,
             max_result_bytes=self.options.max_params_bytes,
+            loop=loop,
         )
         self._scheduler.start()
         if self._db.dialect == "postgresql":

@@ -28,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from queuetopia_py import defaults
 from queuetopia_py._attempts import Attempted, AttemptRunner
 from queuetopia_py._backoff import lock_lifetime
+from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._execution import Executor, Outcome, describe_exception
 from queuetopia_py._lease import LeaseKeeper
 from queuetopia_py._performer import Performer
@@ -90,6 +91,7 @@ class Scheduler:
         cleaner: Callable[[], object] | None = None,
         cleanup_interval: float | None = None,
         max_result_bytes: int = defaults.MAX_PARAMS_BYTES,
+        loop: PerformerLoop | None = None,
     ) -> None:
         self.claims = claims
         self.locks = claims.locks
@@ -103,7 +105,9 @@ class Scheduler:
             events,
             LeaseKeeper(claims.locks),
             max_result_bytes=max_result_bytes,
+            loop=loop,
         )
+        self._loop = loop
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.state = RunState.STOPPED
@@ -192,6 +196,8 @@ class Scheduler:
                     extra={"scope": self.scope},
                 )
         self.executor.close()
+        if self._loop is not None:
+            self._loop.close()
         self.state = RunState.STOPPED
         return finished
 

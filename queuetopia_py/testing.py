@@ -15,9 +15,10 @@ from typing import Any
 
 from queuetopia_py._attempts import AttemptRunner
 from queuetopia_py._errors import ConfigurationError
+from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._execution import InlineExecutor
 from queuetopia_py._job import Job
-from queuetopia_py._performer import Performer
+from queuetopia_py._performer import Performer, is_async
 from queuetopia_py._queuetopia import Queuetopia
 from queuetopia_py._store.claims import ClaimStore
 from queuetopia_py._store.locks import Claim, Interrupted
@@ -121,13 +122,25 @@ def drain(
     runner_performer = chosen() if isinstance(chosen, type) else chosen
     db = instance._db
     claims = ClaimStore(db, instance.scope, instance.node, instance.options.lock_lease)
+    loop = PerformerLoop() if is_async(runner_performer) else None
     runner = AttemptRunner(
         claims.records,
-        InlineExecutor(runner_performer),
+        InlineExecutor(runner_performer, loop),
         runner_performer,
         instance._events,
         max_result_bytes=instance.options.max_params_bytes,
+        loop=loop,
     )
+    try:
+        return _drained(instance, claims, runner, max_attempts)
+    finally:
+        if loop is not None:
+            loop.close()
+
+
+def _drained(
+    instance: Queuetopia, claims: ClaimStore, runner: AttemptRunner, max_attempts: int
+) -> list[Job]:
     attempted: list[Job] = []
     while True:
         progressed = False

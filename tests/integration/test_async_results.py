@@ -12,7 +12,7 @@ import pytest
 from queuetopia_py import Job, JobGivenUpError, Performer
 from queuetopia_py.testing import drain
 
-REFUSED = "perform returned a coroutine: async performers are not supported yet"
+REFUSED = "perform returned an awaitable (coroutine) from a def: define perform with async def"
 
 
 async def send_mail(address: str) -> None:

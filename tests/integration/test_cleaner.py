@@ -196,9 +196,11 @@ def test_concurrent_cleaners_neither_deadlock_nor_fail_while_jobs_run(
     stop.set()
     producer.join(30)
     assert errors == []
+    assert not [t for t in threads if t.is_alive()], "a cleaner still runs after 120 s"
     assert inside[1] == 1
     assert sum(deleted) >= len(old)
-    assert all(worker.get_job(job_id) is None for job_id in old[::97])
+    left = [job for job in map(worker.get_job, old[::97]) if job is not None]
+    assert left == [], f"{len(left)} old jobs left after {len(deleted)} cleanups: {deleted}"
     # The jobs created meanwhile all run; the cleaners took nothing pending.
     wait_until(
         lambda: all(job is None or job.done for job in (worker.get_job(i) for i in created[-20:])),
