@@ -4,7 +4,7 @@ and the untimed set-up it calls in its own process (migrate, pre-enqueue, histor
 Run by compare.py, one fresh interpreter per measured run:
 
     python ours.py throughput --url URL --queues Q --per-queue N [--concurrency 10]
-                              [--poll-interval 60] [--timeout 300]
+                              [--poll-interval 60] [--timeout 300] [--performer async]
     python ours.py enqueue --url URL [--single 2000] [--bulk 50000] [--batch 1000]
     python ours.py latency-worker --url URL --jobs 300 --queues 10 [--concurrency 10]
                                   [--poll-interval 60] [--timeout 120]
@@ -61,18 +61,40 @@ class Recorder(Performer):
         self.done = threading.Event()
 
     def perform(self, job: Job) -> object:
+        return self.note(job)
+
+    def handle_succeeded_job(self, job: Job) -> None:
+        self.count()
+
+    def note(self, job: Job) -> None:
+        """An attempt started: its time, and its place in its queue's order."""
         now = time.time()
         i = int(job.params["i"])
         self.started[i] = now
         self.log.record(job.queue, i)
-        return None
 
-    def handle_succeeded_job(self, job: Job) -> None:
+    def count(self) -> None:
+        """A success was recorded."""
         with self.lock:
             self.recorded += 1
             if self.recorded == self.total:
                 self.finished_at = time.perf_counter()
                 self.done.set()
+
+
+class AsyncRecorder(Recorder):
+    """The same no-op performer, written with `async def` (`--performer async`): its
+    attempts run as tasks of the node's event loop."""
+
+    async def perform(self, job: Job) -> object:  # type: ignore[override]
+        return self.note(job)
+
+    async def handle_succeeded_job(self, job: Job) -> None:  # type: ignore[override]
+        self.count()
+
+
+#: The no-op performers `--performer` chooses from.
+RECORDERS: dict[str, type[Recorder]] = {"sync": Recorder, "async": AsyncRecorder}
 
 
 # -- set-up, called in compare.py's process (untimed) ------------------------------------
@@ -161,7 +183,7 @@ def _node(args: argparse.Namespace, recorder: Recorder) -> Queuetopia:
 
 def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     total = args.queues * args.per_queue
-    recorder = Recorder(total)
+    recorder = RECORDERS[args.performer](total)
     watch = Stopwatch()
     node = _node(args, recorder)
     finished = recorder.done.wait(args.timeout)
@@ -200,7 +222,7 @@ def run_enqueue(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_latency_worker(args: argparse.Namespace) -> dict[str, Any]:
-    recorder = Recorder(args.jobs)
+    recorder = RECORDERS[args.performer](args.jobs)
     node = _node(args, recorder)
     ready()
     finished = recorder.done.wait(args.timeout)
@@ -232,6 +254,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_worker_arguments(parser)
     parser.add_argument("--poll-interval", type=float, default=60.0)
+    parser.add_argument(
+        "--performer",
+        choices=("sync", "async"),
+        default="sync",
+        help="the no-op performer: def perform, or async def perform (default sync)",
+    )
     args = parser.parse_args()
     run = {
         "throughput": run_throughput,
