@@ -1,21 +1,32 @@
-"""Comparative benchmark: queuetopia_py against pgqueuer 1.6 and procrastinate 3.10, each
-keeping every queue strictly in order, on the same PostgreSQL server.
+"""Comparative benchmark: queuetopia_py against pgqueuer 1.6 and procrastinate 3.10
+(Python) and pg-boss 12.38 and graphile-worker 0.18 (Node.js), each keeping every queue
+strictly in order, on the same PostgreSQL server.
 
     python compare.py [--shapes 1x200,100x30,1000x3,10000x1] [--runs 3]
-                      [--impls queuetopia,pgqueuer,procrastinate]
+                      [--impls queuetopia,pgqueuer,procrastinate,pgboss,graphile]
                       [--backends postgresql,sqlite,mariadb]
                       [--only throughput,enqueue,latency,history] [--json out.json]
                       [--concurrency 10] [--qt-poll-interval 60] [--timeout 120] [--quick]
 
 Run it from bench/ (it imports benchdb.py, status.py, ours.py and peers.py beside it).
-Every measured run is a fresh interpreter (`python ours.py ...` / `python peers.py ...`)
-on a fresh database (benchdb.fresh_database, dropped afterwards); the worker measures
-itself and reports JSON on stdout. Runs alternate between implementations (run 1:
-queuetopia_py, pgqueuer, procrastinate; run 2: the same; ...) and the table shows
+Every measured run is a fresh process (`python ours.py ...` / `python peers.py ...` /
+`node node/pgboss.mjs ...` / `node node/graphile.mjs ...`) on a fresh database
+(benchdb.fresh_database, dropped afterwards); the worker measures itself and reports JSON
+on stdout. Runs alternate between implementations (run 1: queuetopia_py, pgqueuer,
+procrastinate, pg-boss, graphile-worker; run 2: the same; ...) and the table shows
 medians. The peers run on PostgreSQL only; queuetopia_py also on the other --backends
 (extra rows, no ratio: throughput on --backend-shapes, default 1x200,100x30; enqueue;
 history if listed in --history-backends, default postgresql only). A default invocation
-takes about 25 minutes on 2 cores, most of it 10000x1 and pgqueuer's 1x200.
+takes about 35 minutes on 2 cores, most of it 10000x1 and the peers' 1x200.
+
+The Node.js peers (bench/node/: pgboss.mjs, graphile.mjs, common.mjs, and package.json
+and package-lock.json pinning pg-boss 12.38.1, graphile-worker 0.18.0, pg 8.23.1 and
+Node.js 22.23.3 itself, npm's `node` package: both peers need Node >= 22.12) run on
+that pinned Node, bench/node/node_modules/node/bin/node. When bench/node/node_modules is
+missing, compare.py installs it first with `npm ci --prefix bench/node` (npm on the PATH;
+any Node >= 18 runs npm). Their untimed set-up (schema install, pre-enqueue) runs in a
+process of its own (`node node/<peer>.mjs install|prepare ...`); the Python peers' runs
+in compare.py's process.
 
 Measurements (--only):
 
@@ -29,21 +40,40 @@ Measurements (--only):
   concurrency_limit=1 (its ordered mode), plus one reference row of its unordered mode
   (one entrypoint, no limit) on --unordered-shape; procrastinate: `lock=<queue>` on every
   job, a worker of --concurrency (--proc-poll-interval: its fetch_job_polling_interval,
-  default 5 s, its default). A run that outlives --timeout is reported as a timeout with
-  the rate it reached, and that cell is not run again.
+  default 5 s, its default). pg-boss: one pg-boss queue of policy `key_strict_fifo` (a
+  key's jobs run one at a time in creation order; a key whose head is active, retrying
+  or failed is skipped), our queue = the job's `singletonKey`; a worker of
+  `localConcurrency` = --concurrency fetch loops, `batchSize` --pgboss-batch-size
+  (default 10: up to that many key heads a fetch, completed in one statement),
+  `burstWhenBatchFull`, LISTEN/NOTIFY on (`useListenNotify`, queue `notify`), polling
+  every --pgboss-poll-interval s (default 0.5, the least pg-boss accepts, for both
+  `pollingIntervalSeconds` and `notifyPollingIntervalSeconds`); jobs of one bulk
+  `insert()` get ids growing in enqueue order, pg-boss's tie-break for jobs created in
+  one statement. graphile-worker: `queueName` = our queue (a named queue runs one job at
+  a time, in (priority, run_at) order), `concurrentJobs` = --concurrency, batched fetch
+  (`localQueue.size` --graphile-local-queue, default concurrency + 1) and completion
+  (`completeJobBatchDelay` --graphile-complete-batch-delay ms, default 0), `pollInterval`
+  --graphile-poll-interval s (default 0.5; its own default is 2) beside its LISTEN/NOTIFY
+  on new jobs; jobs of one bulk `addJobs()` get `runAt` 1 ms apart in enqueue order (all
+  already due): they would share run_at, and graphile-worker breaks no tie. In both,
+  completing a job wakes no one: a queue's next job waits for a poll, which bounds one
+  busy queue (1x200) to a few jobs a poll interval. A run that outlives --timeout is
+  reported as a timeout with the rate it reached, and that cell is not run again.
 - enqueue: jobs/s of one job per call (--enqueue-single calls over 100 queues) and in
   bulk (--enqueue-bulk jobs, --enqueue-batch per call).
 - latency (PostgreSQL): an idle worker process, then a producer process creating
   --latency-jobs jobs one at a time, --latency-spacing apart, over --latency-queues
   queues; latency = worker's time.time() when the job starts - producer's time.time()
-  just before creating it. p50, p99 and max. queuetopia_py polls every
-  --qt-poll-interval seconds unless woken (default 60, the library's default).
+  just before creating it (Node: performance.timeOrigin + performance.now()). p50, p99
+  and max. queuetopia_py polls every --qt-poll-interval seconds unless woken (default
+  60, the library's default); the peers' workers have their throughput settings.
 - history (queuetopia_py): the throughput of --history-shape with --history-rows done
   jobs of the same scope over 1,000 queues (the measured queues included) already in the
   table, against an empty table; filled in bulk (status.py's loader), untimed, each run.
 
-The report starts with the machine and versions; ratios are ours / theirs (jobs/s: above
-1 means queuetopia_py is faster; latency: below 1 means it is faster). --json writes every
+The report starts with the machine and versions; the table has a column for each
+implementation in --impls; ratios are ours / theirs (jobs/s: above 1 means queuetopia_py
+is faster; latency: below 1 means it is faster). --json writes every
 run's raw result too. --quick is a smoke run of every path (about a minute). Worker stderr
 goes to a kept directory named in the report.
 """
@@ -80,23 +110,35 @@ from workerio import READY_LINE, RESULT_PREFIX
 from queuetopia_py import migrate
 
 BENCH = Path(__file__).resolve().parent
-IMPLS = ("queuetopia", "pgqueuer", "procrastinate")
-LABEL = {"queuetopia": "queuetopia_py", "pgqueuer": "pgqueuer", "procrastinate": "procrastinate"}
+IMPLS = ("queuetopia", "pgqueuer", "procrastinate", "pgboss", "graphile")
+LABEL = {
+    "queuetopia": "queuetopia_py",
+    "pgqueuer": "pgqueuer",
+    "procrastinate": "procrastinate",
+    "pgboss": "pg-boss",
+    "graphile": "graphile-worker",
+}
+#: The ratio column of each peer (queuetopia_py / peer).
+RATIO = {
+    "pgqueuer": "qt/pgq",
+    "procrastinate": "qt/proc",
+    "pgboss": "qt/pgboss",
+    "graphile": "qt/graphile",
+}
+#: The Node.js peers: their script in bench/node/ and their npm package.
+NODE_DIR = BENCH / "node"
+NODE_PEERS = {"pgboss": "pgboss.mjs", "graphile": "graphile.mjs"}
+NODE_PACKAGES = {"pgboss": "pg-boss", "graphile": "graphile-worker"}
+#: The Node.js the peers run on: npm's `node` package, pinned in bench/node/package.json.
+NODE = NODE_DIR / "node_modules" / "node" / "bin" / "node"
+#: Seconds a Node peer's untimed set-up (schema install, pre-enqueue) may take.
+SETUP_TIMEOUT = 600.0
 BACKENDS = ("postgresql", "sqlite", "mariadb")
 MEASUREMENTS = ("throughput", "enqueue", "latency", "history")
 ENQUEUE_QUEUES = 100
 HISTORY_QUEUES = 1_000
 #: Seconds given to a worker beyond its own timeout before it is killed.
 GRACE = 60.0
-COLUMNS = (
-    "measurement",
-    "shape",
-    "queuetopia_py",
-    "pgqueuer",
-    "procrastinate",
-    "qt/pgq",
-    "qt/proc",
-)
 
 Shape = tuple[int, int]
 #: An empty table cell.
@@ -129,6 +171,9 @@ class Runner:
     def command(self, impl: str, role: str, url: str, *options: str) -> list[str]:
         if impl == "queuetopia":
             return [sys.executable, str(BENCH / "ours.py"), role, "--url", url, *options]
+        if impl in NODE_PEERS:
+            script = str(NODE_DIR / NODE_PEERS[impl])
+            return [str(NODE), script, role, "--url", url, *options]
         return [sys.executable, str(BENCH / "peers.py"), impl, role, "--url", url, *options]
 
     def run(self, cmd: list[str], timeout: float, name: str) -> dict[str, Any]:
@@ -240,7 +285,7 @@ class Harness:
         brief = error or ", ".join(f"{k}={result[k]:,.1f}" for k in shown)
         if error == "timeout":
             brief += f" ({result['partial_rate']:.1f}/s, {result['done']}/{result['jobs']} done)"
-        print(f"  run {run} {measurement:<10} {row:<28} {LABEL[impl]:<14} {brief}", flush=True)
+        print(f"  run {run} {measurement:<10} {row:<28} {LABEL[impl]:<15} {brief}", flush=True)
 
     def skip(self, measurement: str, row: str, impl: str) -> bool:
         return (measurement, row, impl) in self.skipped
@@ -252,6 +297,48 @@ class Harness:
     @property
     def ours(self) -> bool:
         return "queuetopia" in self.args.impls
+
+    def set_up(self, impl: str, url: str, shape: Shape | None = None, mode: str = "ordered") -> str:
+        """Install `impl`'s schema in a fresh database and, given a shape, enqueue its Q x N
+        jobs, interleaved (untimed). Returns why a Node peer's set-up failed, or ""."""
+        if impl in NODE_PEERS:
+            role, options = "install", []
+            if shape is not None:
+                role, options = "prepare", [f"--queues={shape[0]}", f"--per-queue={shape[1]}"]
+            cmd = self.runner.command(impl, role, url, *options)
+            result = self.runner.run(cmd, SETUP_TIMEOUT, f"{role}-{impl}")
+            return f"set-up: {result['error']}" if "error" in result else ""
+        if impl == "queuetopia":
+            if shape is None:
+                migrate(url)
+            else:
+                ours.prepare(url, *shape)
+        elif shape is None:
+            peers.install(impl, url)
+        else:
+            peers.prepare(impl, url, *shape, ordered=mode == "ordered")
+        return ""
+
+    def worker_options(self, impl: str) -> list[str]:
+        """The settings of `impl`'s worker (throughput and latency workers) but pgqueuer's,
+        whose throughput worker takes its mode and batch size and latency worker neither."""
+        a = self.args
+        if impl == "queuetopia":
+            return [f"--poll-interval={a.qt_poll_interval}"]
+        if impl == "procrastinate":
+            return [f"--poll-interval={a.proc_poll_interval}"]
+        if impl == "pgboss":
+            return [
+                f"--batch-size={a.pgboss_batch_size}",
+                f"--poll-interval={a.pgboss_poll_interval}",
+            ]
+        if impl == "graphile":
+            return [
+                f"--local-queue-size={a.graphile_local_queue or a.concurrency + 1}",
+                f"--complete-batch-delay={a.graphile_complete_batch_delay}",
+                f"--poll-interval={a.graphile_poll_interval}",
+            ]
+        return []
 
     # throughput
 
@@ -285,20 +372,16 @@ class Harness:
         a = self.args
         q, n = shape
         with fresh_database(backend, self.tmp) as url:
-            if impl == "queuetopia":
-                ours.prepare(url, q, n)
-            else:
-                peers.prepare(impl, url, q, n, ordered=mode == "ordered")
+            if error := self.set_up(impl, url, shape, mode):
+                self.note("throughput", row, impl, run, {"error": error})
+                return
             if a.analyze:
                 analyze(url, backend)
             options = [f"--queues={q}", f"--per-queue={n}", f"--timeout={a.timeout}"]
             options.append(f"--concurrency={a.concurrency}")
-            if impl == "queuetopia":
-                options.append(f"--poll-interval={a.qt_poll_interval}")
+            options += self.worker_options(impl)
             if impl == "pgqueuer":
                 options += [f"--mode={mode}", f"--batch-size={a.pgq_batch_size}"]
-            if impl == "procrastinate":
-                options.append(f"--poll-interval={a.proc_poll_interval}")
             cmd = self.runner.command(impl, "throughput", url, *options)
             name = f"throughput-{impl}-{backend}-{shape_label(shape)}-{mode}"
             result = self.runner.run(cmd, a.timeout, name)
@@ -316,10 +399,9 @@ class Harness:
         for impl, backend in cells:
             row = "enqueue" if backend == "postgresql" else f"enqueue {backend}"
             with fresh_database(backend, self.tmp) as url:
-                if impl == "queuetopia":
-                    migrate(url)
-                else:
-                    peers.install(impl, url)
+                if error := self.set_up(impl, url):
+                    self.note("enqueue", row, impl, run, {"error": error})
+                    continue
                 options = [
                     f"--single={a.enqueue_single}",
                     f"--bulk={a.enqueue_bulk}",
@@ -337,11 +419,8 @@ class Harness:
         impls = a.impls if "postgresql" in a.backends else self.peer_impls
         for impl in impls:
             with fresh_database("postgresql", self.tmp) as url:
-                if impl == "queuetopia":
-                    migrate(url)
-                else:
-                    peers.install(impl, url)
-                result = self.latency_run(impl, url)
+                error = self.set_up(impl, url)
+                result = {"error": error} if error else self.latency_run(impl, url)
             self.note("latency", "latency", impl, run, result)
 
     def latency_run(self, impl: str, url: str) -> dict[str, Any]:
@@ -350,10 +429,7 @@ class Harness:
         produce_s = a.latency_jobs * a.latency_spacing
         timeout = produce_s + a.qt_poll_interval + 60
         options = [*common, f"--concurrency={a.concurrency}", f"--timeout={timeout}"]
-        if impl == "queuetopia":
-            options.append(f"--poll-interval={a.qt_poll_interval}")
-        if impl == "procrastinate":
-            options.append(f"--poll-interval={a.proc_poll_interval}")
+        options += self.worker_options(impl)
         worker = self.runner.start(
             self.runner.command(impl, "latency-worker", url, *options), f"latency-{impl}"
         )
@@ -490,23 +566,24 @@ class Report:
             if r.measurement == measurement and r.row == row and r.impl == impl
         ]
 
+    @property
+    def columns(self) -> list[str]:
+        """measurement, shape, a column for each implementation run, then the ratio of
+        queuetopia_py to each peer run (when queuetopia_py ran)."""
+        impls = self.args.impls
+        ratios = [RATIO[i] for i in impls if i in RATIO] if "queuetopia" in impls else []
+        return ["measurement", "shape", *(LABEL[i] for i in impls), *ratios]
+
     def add(self, measurement: str, shape: str, cells: dict[str, Cell]) -> None:
         for c in cells.values():
             self.failed |= c.failed
         qt = cells.get("queuetopia", Cell(None, NONE))
-        pgq = cells.get("pgqueuer", Cell(None, NONE))
-        proc = cells.get("procrastinate", Cell(None, NONE))
-        self.rows.append(
-            {
-                "measurement": measurement,
-                "shape": shape,
-                "queuetopia_py": qt.text,
-                "pgqueuer": pgq.text,
-                "procrastinate": proc.text,
-                "qt/pgq": ratio(qt, pgq),
-                "qt/proc": ratio(qt, proc),
-            }
-        )
+        row = {"measurement": measurement, "shape": shape}
+        for impl in IMPLS:
+            row[LABEL[impl]] = cells.get(impl, Cell(None, NONE)).text
+        for impl, column in RATIO.items():
+            row[column] = ratio(qt, cells.get(impl, Cell(None, NONE)))
+        self.rows.append(row)
 
     def cells(self, measurement: str, row: str, key: str, impls: Sequence[str]) -> dict[str, Cell]:
         return {i: cell(self.select(measurement, row, i), key) for i in impls}
@@ -573,7 +650,7 @@ class Report:
             self.add(f"history: {rows} done / empty ({backend})", shape, ratio_cell)
 
     def markdown(self) -> str:
-        columns = list(COLUMNS)
+        columns = self.columns
         widths = [max(len(c), *(len(r[c]) for r in self.rows)) for c in columns]
         right = {c: c not in ("measurement", "shape") for c in columns}
 
@@ -619,7 +696,39 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             info[package] = "not installed"
     info["queuetopia_py source"] = queuetopia_source()
+    for package in NODE_PACKAGES.values():
+        info[package] = node_package_version(package)
+    try:
+        info["node"] = read([str(NODE), "--version"]) if NODE.exists() else "not installed"
+    except (OSError, subprocess.SubprocessError):
+        info["node"] = "not runnable"
     return info
+
+
+def node_package_version(package: str) -> str:
+    """The version of an npm package installed in bench/node/node_modules."""
+    try:
+        manifest = json.loads((NODE_DIR / "node_modules" / package / "package.json").read_text())
+    except (OSError, ValueError):
+        return "not installed"
+    return str(manifest.get("version", "unknown"))
+
+
+def install_node_peers() -> None:
+    """Install bench/node's pinned packages (`npm ci`, from its package-lock.json) unless
+    they are there: the Node.js peers and the Node.js they run on."""
+    installed = NODE_DIR / "node_modules" / ".package-lock.json"
+    if installed.exists() and NODE.exists():
+        return
+    cmd = ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"]
+    print(f"installing the Node.js peers: {' '.join(cmd)}", flush=True)
+    try:
+        subprocess.run(cmd, check=True, stdout=sys.stderr)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(
+            f"could not install the Node.js peers ({exc}); install them with "
+            f"`npm ci --prefix {NODE_DIR}` or leave pgboss and graphile out of --impls"
+        )
 
 
 def read(cmd: list[str]) -> str:
@@ -654,7 +763,7 @@ def parse_args() -> argparse.Namespace:
     add = parser.add_argument
     add("--shapes", default=None, help="QxN,... (default 1x200,100x30,1000x3,10000x1)")
     add("--runs", type=int, default=None, help="runs of each measurement (default 3)")
-    add("--impls", default="queuetopia,pgqueuer,procrastinate")
+    add("--impls", default=",".join(IMPLS))
     add("--backends", default="postgresql,sqlite,mariadb", help="for queuetopia_py")
     add("--only", default=",".join(MEASUREMENTS))
     add("--json", type=Path, help="write the settings, machine, table and raw runs here")
@@ -662,7 +771,10 @@ def parse_args() -> argparse.Namespace:
         "--concurrency",
         type=int,
         default=10,
-        help="queuetopia_py max_concurrency and procrastinate worker concurrency",
+        help=(
+            "queuetopia_py max_concurrency, procrastinate worker concurrency, pg-boss "
+            "localConcurrency, graphile-worker concurrentJobs"
+        ),
     )
     add(
         "--qt-poll-interval",
@@ -693,6 +805,37 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=5.0,
         help="procrastinate fetch_job_polling_interval (default 5, its default)",
+    )
+    add(
+        "--pgboss-batch-size",
+        type=int,
+        default=10,
+        help="pg-boss work() batchSize: key heads a fetch (default 10, as pgqueuer's)",
+    )
+    add(
+        "--pgboss-poll-interval",
+        type=float,
+        default=0.5,
+        help="pg-boss pollingIntervalSeconds and notifyPollingIntervalSeconds (default 0.5, "
+        "the least it accepts)",
+    )
+    add(
+        "--graphile-local-queue",
+        type=int,
+        default=0,
+        help="graphile-worker localQueue.size (default 0: --concurrency + 1; -1 disables)",
+    )
+    add(
+        "--graphile-complete-batch-delay",
+        type=int,
+        default=0,
+        help="graphile-worker completeJobBatchDelay, ms (default 0; -1 disables)",
+    )
+    add(
+        "--graphile-poll-interval",
+        type=float,
+        default=0.5,
+        help="graphile-worker pollInterval, s (default 0.5, as pg-boss's least; its own 2)",
     )
     add("--unordered-shape", default=None, help="pgqueuer unordered row (default 100x30)")
     add("--enqueue-single", type=int, default=None, help="default 2000")
@@ -764,23 +907,34 @@ def main() -> None:
     args = parse_args()
     # A SIGTERM unwinds like Ctrl-C, so the databases are dropped and workers killed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if any(i in NODE_PEERS for i in args.impls):
+        install_node_peers()
     info = machine()
+    title = " vs ".join(LABEL[i] for i in args.impls)
     header = [
-        f"# queuetopia_py vs pgqueuer vs procrastinate ({time.strftime('%Y-%m-%d %H:%M')})",
+        f"# {title} ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
         f"- machine: {info.get('cpu')}, {info['cores']} cores; Python {info['python']}",
         f"- PostgreSQL: {info['postgresql']}",
         f"- MariaDB: {info['mariadb']}; SQLite {info['sqlite']}",
         f"- queuetopia_py {info['queuetopia_py']} ({info['queuetopia_py source']}); "
         f"pgqueuer {info['pgqueuer']}; procrastinate {info['procrastinate']}; "
-        f"SQLAlchemy {info['sqlalchemy']}; psycopg {info['psycopg']}",
+        f"SQLAlchemy {info['sqlalchemy']}; psycopg {info['psycopg']}; "
+        f"pg-boss {info['pg-boss']}; graphile-worker {info['graphile-worker']} "
+        f"(Node.js {info['node']})",
         f"- median of {args.runs} run(s), implementations alternating, each run a fresh "
         "database and a fresh worker process",
         f"- queuetopia_py: max_concurrency {args.concurrency}, poll_interval "
         f"{args.qt_poll_interval:g} s; pgqueuer: an entrypoint per queue with "
         f"concurrency_limit=1, batch_size {args.pgq_batch_size}; procrastinate: lock=<queue>, "
         f"worker concurrency {args.concurrency}, fetch_job_polling_interval "
-        f"{args.proc_poll_interval:g} s",
+        f"{args.proc_poll_interval:g} s; pg-boss: key_strict_fifo, singletonKey=<queue>, "
+        f"localConcurrency {args.concurrency}, batchSize {args.pgboss_batch_size}, "
+        f"burstWhenBatchFull, LISTEN/NOTIFY, polling interval {args.pgboss_poll_interval:g} s; "
+        f"graphile-worker: queueName=<queue>, concurrentJobs {args.concurrency}, localQueue "
+        f"size {args.graphile_local_queue or args.concurrency + 1}, completeJobBatchDelay "
+        f"{args.graphile_complete_batch_delay:g} ms, pollInterval "
+        f"{args.graphile_poll_interval:g} s, LISTEN/NOTIFY",
         f"- per-run timeout {args.timeout:g} s; statistics gathered after the pre-enqueue "
         f"(throughput): {'yes' if args.analyze else 'no'}",
     ]
