@@ -16,12 +16,13 @@ from queuetopia_py import defaults
 from queuetopia_py._backoff import default_backoff, next_attempt_at
 from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._execution import Executor, Outcome, describe_exception
+from queuetopia_py._group_commit import GroupCommit
 from queuetopia_py._job import Job, JobState, limit_result
 from queuetopia_py._lease import LeaseKeeper
 from queuetopia_py._performer import Performer
 from queuetopia_py._progress import ProgressWriter
 from queuetopia_py._store.locks import Claim, Interrupted
-from queuetopia_py._store.records import Following, Recorded, RecordStore
+from queuetopia_py._store.records import Following, Recorded, RecordStore, Success
 from queuetopia_py.events import Event, EventBus, EventKind
 
 logger = logging.getLogger("queuetopia_py.attempts")
@@ -74,6 +75,9 @@ class AttemptRunner:
         # attempts run inline without a timeout).
         self.lease = lease
         self.progress = ProgressWriter(records.set_progress)
+        self._successes: GroupCommit[Success, tuple[Job | None, Following]] = GroupCommit(
+            records.record_successes, key=lambda success: success.claim.job.queue
+        )
 
     def emit(self, kind: EventKind, job: Job, **fields: object) -> None:
         """Emit an event about `job` from this node."""
@@ -140,11 +144,8 @@ class AttemptRunner:
             logger.warning(
                 "perform returned a value that %s; stored no result: %s", what, problem, extra=log
             )
-        following: Following = None
-        if claim_next:
-            done, following = self.records.record_success_and_claim(claim, result)
-        else:
-            done = self.records.record_success(claim, result)
+        # With the successes of other queues that end meanwhile, in one transaction.
+        done, following = self._successes.submit(Success(claim, result, claim_next))
         if done is None:
             logger.warning(
                 "success not recorded: the attempt was recorded already or its lock was taken over",

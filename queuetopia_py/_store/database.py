@@ -724,6 +724,36 @@ class Database:
         return result
 
 
+class Deferred:
+    """Writes held back until the end of a transaction, then sent statement by statement
+    with all their rows at once (`executemany`: psycopg pipelines them, one round trip
+    for many rows). Only for writes whose row counts nobody reads, and which nothing
+    read later in the transaction depends on (`flush` first, where something does)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[sa.Executable, list[dict[str, Any]]] = {}
+
+    def add(self, statement: sa.Executable, params: dict[str, Any]) -> None:
+        """Hold back `statement` with `params`."""
+        self._rows.setdefault(statement, []).append(params)
+
+    def flush(self, conn: Connection) -> None:
+        """Send the writes held back, in the order their statements first came."""
+        rows, self._rows = self._rows, {}
+        for statement, params in rows.items():
+            conn.execute(statement, params)
+
+
+def execute(
+    conn: Connection, statement: sa.Executable, params: dict[str, Any], writes: Deferred | None
+) -> None:
+    """Run a write now, or hold it back in `writes`."""
+    if writes is None:
+        conn.execute(statement, params)
+    else:
+        writes.add(statement, params)
+
+
 def check_schema(db: Database) -> None:
     """Raise `SchemaMissingError` unless the tables are at the newest schema version."""
     from queuetopia_py.migrations import LATEST, check_known, current_version

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from queuetopia_py._backoff import default_backoff, lock_lifetime
 from queuetopia_py._job import Job
+from queuetopia_py._store.database import Deferred, execute
 from queuetopia_py._store.queues import UNLOCKED, NodeScope, QueueBook
 
 
@@ -102,10 +103,17 @@ class LockStore:
         )
 
     def take(
-        self, conn: Connection, job: Job, now: datetime, started: float, token: str
+        self,
+        conn: Connection,
+        job: Job,
+        now: datetime,
+        started: float,
+        token: str,
+        writes: Deferred | None = None,
     ) -> tuple[Claim, dict[str, Any]]:
         """Count the attempt of `job`, whose queue row the caller has locked, for the
         claim `token`; return the claim and the lock columns the caller writes on the row.
+        With `writes`, the count is held back.
 
         Until the attempt is recorded it counts as failed: should this node die, the
         job is retried after the default backoff (and meets its failure mode if that
@@ -114,9 +122,11 @@ class LockStore:
         where = self.where
         retry_at = now + default_backoff(job.round_attempts, job.max_backoff)
         until = now + lock_lifetime(job.timeout, where.lease)
-        conn.execute(
+        execute(
+            conn,
             self._start_attempt,
             {"b_job_id": job.id, "b_now": now, "b_retry_at": retry_at, "b_token": token},
+            writes,
         )
         claimed = replace(
             job,

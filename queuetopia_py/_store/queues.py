@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from queuetopia_py import defaults
 from queuetopia_py._job import JobState, JobSummary
 from queuetopia_py._schema import WHOLE_SCOPE
-from queuetopia_py._store.database import Database
+from queuetopia_py._store.database import Database, Deferred, execute
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +193,7 @@ class QueueBook:
             return [of.c.scope == queues.c.scope, of.c.queue == queues.c.queue]
 
         self._lock_with_job = {
-            whole: (
+            (whole, skip): (
                 sa.select(
                     *lead,
                     *summary,
@@ -205,9 +205,10 @@ class QueueBook:
                     )
                 )
                 .where(self._key)
-                .with_for_update(of=queues)
+                .with_for_update(of=queues, skip_locked=skip)
             )
             for whole in (False, True)
+            for skip in (False, True)
         }
         self._job_alone = sa.select(db.now().label("db_now"), *summary).where(jobs.c.id == job_id)
         written = [f for f in _QUEUE_FIELDS if f != "queue"]
@@ -259,8 +260,26 @@ class QueueBook:
         the pending job that follows it in the queue (`Locked.following`; with
         `whole_next`, its params too). A queue without a row gives the job alone,
         unlocked."""
+        locked = self._lock_with_job_or_skip(conn, scope, queue, job_id, whole_next, False)
+        assert locked is not None
+        return locked
+
+    def try_lock_with_job(
+        self, conn: Connection, scope: str, queue: str, job_id: int, *, whole_next: bool = False
+    ) -> Locked | None:
+        """`lock_with_job` if the queue's row is free now; None, without waiting, if
+        another transaction holds it (or the queue has no row: ask `lock_with_job`).
+        SQLite has one writer at a time: its rows are always free."""
+        return self._lock_with_job_or_skip(conn, scope, queue, job_id, whole_next, True)
+
+    def _lock_with_job_or_skip(
+        self, conn: Connection, scope: str, queue: str, job_id: int, whole_next: bool, skip: bool
+    ) -> Locked | None:
         params = {"b_scope": scope, "b_queue": queue, "b_job": job_id}
-        found = conn.execute(self._lock_with_job[whole_next], params).first()
+        statement = self._lock_with_job[whole_next, skip]
+        found = conn.execute(statement, params).first()
+        if found is None and skip:
+            return None
         if found is not None:
             locked = _locked(found._mapping, with_job=True)
             m = found._mapping
@@ -271,7 +290,7 @@ class QueueBook:
             if m["n_id"] is None and others > 0:
                 # The row counts pending jobs besides this one, but none was read: read
                 # before the lock was ours (see `_STALE_READ`). Read again.
-                found = conn.execute(self._lock_with_job[whole_next], params).one()
+                found = conn.execute(statement, params).one()
                 locked, m = _locked(found._mapping, with_job=True), found._mapping
             if m["n_id"] is None:
                 return locked
@@ -289,16 +308,24 @@ class QueueBook:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, conn: Connection, scope: str, row: QueueRow, **values: Any) -> None:
+    def write(
+        self,
+        conn: Connection,
+        scope: str,
+        row: QueueRow,
+        writes: Deferred | None = None,
+        **values: Any,
+    ) -> None:
         """Set `values` on the locked row `row` (read by `lock` in this transaction); a
-        row left without pending work nor lock is deleted."""
+        row left without pending work nor lock is deleted. With `writes`, held back."""
         merged = {f: getattr(row, f) for f in _QUEUE_FIELDS if f != "queue"}
         merged.update(values)
         params = {"b_scope": scope, "b_queue": row.queue}
         if merged["pending"] == 0 and merged["token"] is None:
-            conn.execute(self._delete, params)
+            execute(conn, self._delete, params, writes)
             return
-        conn.execute(self._update, {**params, **{f"v_{f}": v for f, v in merged.items()}})
+        values = {**params, **{f"v_{f}": v for f, v in merged.items()}}
+        execute(conn, self._update, values, writes)
 
     def sync(
         self,
@@ -308,15 +335,17 @@ class QueueBook:
         *,
         pending_change: int = 0,
         head: Head | Literal["read"] | None = "read",
+        writes: Deferred | None = None,
         **values: Any,
     ) -> None:
         """Write the locked row `row` after its jobs changed: its head (`head`, or as the
         jobs now stand), its pending count changed by `pending_change`, and `values` (its
-        lock)."""
+        lock). With `writes`, held back (a head to read is read now)."""
         if head == "read":
             head = self.head_of(conn, scope, row.queue)
         columns = NO_HEAD if head is None else head.columns()
-        self.write(conn, scope, row, pending=row.pending + pending_change, **columns, **values)
+        pending = row.pending + pending_change
+        self.write(conn, scope, row, writes, pending=pending, **columns, **values)
 
     def enqueued(self, conn: Connection, scope: str, created: Sequence[Enqueued]) -> None:
         """Count new pending jobs in their queues' rows (creating the rows), making the

@@ -11,8 +11,10 @@ twice.
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ from queuetopia_py._job import (
     NewJob,
     OnFailure,
 )
+from queuetopia_py._store.database import Deferred
 from queuetopia_py._store.jobs import (
     JobStore,
     append_intervention,
@@ -47,6 +50,20 @@ RECORD_PATIENCE = 120.0
 #: the success was recorded; `NotDue` or `Interrupted` for that head; None when nothing
 #: was claimed.
 Following = Claim | NotDue | Interrupted | None
+
+
+@dataclass(slots=True)
+class Success:
+    """A success to record: the claim, the result (JSON), and whether to claim the
+    queue's next job with it. The token of that next claim, and the start of the first
+    try, stay the same through retries: a try that finds its own earlier commit
+    recognises the lock it passed on."""
+
+    claim: Claim
+    result: Any
+    claim_next: bool
+    passing: str = field(default_factory=new_token)
+    first: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +164,7 @@ class RecordStore:
         None if the claim was lost. A job aborted while this attempt ran is done too: its
         work did happen.
         """
-        return self._record_success(claim, result, claim_next=False)[0]
+        return self.record_successes([Success(claim, result, claim_next=False)])[0][0]
 
     def record_success_and_claim(
         self, claim: Claim, result: Any = None
@@ -159,60 +176,103 @@ class RecordStore:
         `NotDue` or `Interrupted` for the next job, or None when nothing is due (the
         queue is empty or suspended, or the lock was lost).
         """
-        return self._record_success(claim, result, claim_next=True)
+        return self.record_successes([Success(claim, result, claim_next=True)])[0]
 
-    def _record_success(
-        self, claim: Claim, result: Any, *, claim_next: bool
-    ) -> tuple[Job | None, Following]:
+    def record_successes(self, successes: Sequence[Success]) -> list[tuple[Job | None, Following]]:
+        """Record `successes` (of different queues) in one transaction, each as
+        `record_success` or `record_success_and_claim` would (as its `claim_next` says);
+        their outcomes, in the order given.
+
+        The queues' rows are locked in the order of their names (as every writer of
+        several rows locks them), and the writes of all of them are sent together at the
+        end (`Deferred`): a round trip for each success's read, and a few for the rest.
+        """
+        where = self.where
+        assert len({s.claim.job.queue for s in successes}) == len(successes), "one per queue"
+        outcomes: dict[int, tuple[Job | None, Following]] = {}
+        # Only the first of a transaction waits for its queue's row: the others are
+        # taken if free, else left to a transaction of their own after (the first of
+        # it). A transaction never waits while holding a row, and so never deadlocks
+        # with another (an application's creating jobs in several queues, say).
+        left = sorted(range(len(successes)), key=lambda i: successes[i].claim.job.queue)
+        while left:
+            left = where.db.retrying(
+                functools.partial(self._record_some, successes, left, outcomes),
+                max_seconds=RECORD_PATIENCE,
+            )
+        return [outcomes[index] for index in range(len(successes))]
+
+    def _record_some(
+        self,
+        successes: Sequence[Success],
+        indexes: list[int],
+        outcomes: dict[int, tuple[Job | None, Following]],
+    ) -> list[int]:
+        """One transaction recording `successes[i]` for `i` in `indexes` (in queue
+        order) into `outcomes`; returns those left for another (their rows were busy)."""
+        started = time.monotonic()
+        recorded: dict[int, tuple[Job | None, Following]] = {}
+        busy: list[int] = []
+        with self.where.db.transaction() as conn:
+            writes = Deferred()
+            for index in indexes:
+                success = successes[index]
+                if success.first is None:
+                    success.first = started
+                outcome = self._success(conn, success, started, writes, wait=not recorded)
+                if outcome is None:
+                    busy.append(index)
+                else:
+                    recorded[index] = outcome
+            writes.flush(conn)
+        outcomes.update(recorded)  # once committed: a retry starts over
+        return busy
+
+    def _success(
+        self, conn: Connection, success: Success, started: float, writes: Deferred, *, wait: bool
+    ) -> tuple[Job | None, Following] | None:
+        """Record one success in the transaction of `conn`, holding its writes back in
+        `writes`. Without `wait`, None when its queue's row is busy: nothing was done."""
         where, book = self.where, self.book
-        job = claim.job
-        # The next claim's token and start, the same in every try: a try that finds its
-        # own earlier commit recognises the lock it passed on.
-        passing = new_token()
-        first: list[float] = []
-
-        def run() -> tuple[Job | None, Following]:
-            started = time.monotonic()
-            first.append(started)
-            with where.db.transaction() as conn:
-                locked = book.lock_with_job(
-                    conn, where.scope, job.queue, job.id, whole_next=claim_next
-                )
-                if locked.job is None or locked.job["claim_token"] != claim.token:
-                    return None, None  # claimed again since (or deleted)
-                stored = summary_from_mapping(locked.job)
-                row = locked.row
-                if stored.done:  # our own commit, whose answer was lost
-                    assert stored.done_at is not None
-                    done = _done(job, stored.done_at, result)
-                    if claim_next and row is not None and row.held_by(passing):
-                        assert row.locked_job is not None and row.locked_until is not None
-                        passed = conn.execute(self._by_id, {"b_job_id": row.locked_job}).one()
-                        return done, Claim(row_to_job(passed), passing, row.locked_until, first[0])
-                    return done, None
-                conn.execute(
-                    self._mark_done, {"b_job_id": job.id, "b_now": locked.now, "b_result": result}
-                )
-                done = _done(job, locked.now, result)
-                gone = 1 if stored.pending else 0
-                if row is None:
-                    return done, None
-                # The job left the queue: what followed it is the head now.
-                after = locked.following
-                head = None if after is None else Head.of(summary_from_mapping(after))
-                if not row.held_by(claim.token):  # the lock expired and went to another
-                    book.sync(conn, where.scope, row, pending_change=-gone, head=head)
-                    return done, None
-                if not claim_next or locked.suspended or after is None:
-                    book.sync(conn, where.scope, row, pending_change=-gone, head=head, **UNLOCKED)
-                    return done, None
-                left = replace(row, pending=row.pending - gone)
-                following = self._pass(
-                    conn, left, job_from_mapping(after), locked.now, started, passing
-                )
-                return done, following
-
-        return where.db.retrying(run, max_seconds=RECORD_PATIENCE)
+        claim, result, claim_next = success.claim, success.result, success.claim_next
+        job, passing = claim.job, success.passing
+        lock = book.lock_with_job if wait else book.try_lock_with_job
+        locked = lock(conn, where.scope, job.queue, job.id, whole_next=claim_next)
+        if locked is None:
+            return None
+        if locked.job is None or locked.job["claim_token"] != claim.token:
+            return None, None  # claimed again since (or deleted)
+        stored = summary_from_mapping(locked.job)
+        row = locked.row
+        if stored.done:  # our own commit, whose answer was lost
+            assert stored.done_at is not None and success.first is not None
+            done = _done(job, stored.done_at, result)
+            if claim_next and row is not None and row.held_by(passing):
+                assert row.locked_job is not None and row.locked_until is not None
+                passed = conn.execute(self._by_id, {"b_job_id": row.locked_job}).one()
+                return done, Claim(row_to_job(passed), passing, row.locked_until, success.first)
+            return done, None
+        writes.add(self._mark_done, {"b_job_id": job.id, "b_now": locked.now, "b_result": result})
+        done = _done(job, locked.now, result)
+        gone = 1 if stored.pending else 0
+        if row is None:
+            return done, None
+        # The job left the queue: what followed it is the head now.
+        after = locked.following
+        head = None if after is None else Head.of(summary_from_mapping(after))
+        if not row.held_by(claim.token):  # the lock expired and went to another
+            book.sync(conn, where.scope, row, pending_change=-gone, head=head, writes=writes)
+            return done, None
+        if not claim_next or locked.suspended or after is None:
+            book.sync(
+                conn, where.scope, row, pending_change=-gone, head=head, writes=writes, **UNLOCKED
+            )
+            return done, None
+        left = replace(row, pending=row.pending - gone)
+        following = self._pass(
+            conn, left, job_from_mapping(after), locked.now, started, passing, writes
+        )
+        return done, following
 
     def _pass(
         self,
@@ -222,18 +282,21 @@ class RecordStore:
         now: datetime,
         started: float,
         token: str,
+        writes: Deferred,
     ) -> Following:
         """Pass the held lock of the queue `row` to its head `head` if it is due (with the
         claim `token`); else release it."""
         scope = self.where.scope
         if not is_due(head.next_attempt_at, now):
-            self.book.write(conn, scope, row, **Head.of(head).columns(), **UNLOCKED)
+            self.book.write(conn, scope, row, writes, **Head.of(head).columns(), **UNLOCKED)
             waits = head.next_attempt_at
             return NotDue(None if waits is None else waits - now)
         if head.round_attempts >= head.max_attempts:
+            # Its failure mode reads the queue's jobs as they stand: write what waits first.
+            writes.flush(conn)
             return self.interrupted(conn, row, head, now)
-        claim, lock = self.locks.take(conn, head, now, started, token)
-        self.book.write(conn, scope, row, **Head.of(claim.job).columns(), **lock)
+        claim, lock = self.locks.take(conn, head, now, started, token, writes)
+        self.book.write(conn, scope, row, writes, **Head.of(claim.job).columns(), **lock)
         return claim
 
     # -- failures --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from recording import Recorder, wait_until
@@ -190,16 +191,15 @@ def test_a_runner_failing_before_its_claim_holds_nothing_and_its_queue_runs_late
 def test_a_runner_failing_while_recording_leaves_a_lock_that_expires(
     make_queue: Callable[..., Queuetopia], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_record = RecordStore.record_success_and_claim
+    real_record = RecordStore.record_successes
     failures = [RuntimeError("injected record failure")]
 
-    def failing_record(self: RecordStore, claim: object, result: object) -> object:
+    def failing_record(self: RecordStore, successes: Any) -> Any:
         if failures:
             raise failures.pop()
-        return real_record(self, claim, result)  # type: ignore[arg-type]
+        return real_record(self, successes)
 
-    monkeypatch.setattr(RecordStore, "record_success_and_claim", failing_record)
-    monkeypatch.setattr(RecordStore, "record_success", failing_record)
+    monkeypatch.setattr(RecordStore, "record_successes", failing_record)
     recorder = Recorder()
     queue = make_queue(performer=recorder, poll_interval=0.2)
     job = queue.create_job("q", "a", {}, timeout=0.5, max_backoff=0)

@@ -292,3 +292,83 @@ def test_a_record_waiting_on_a_job_being_created_passes_the_lock_to_it(
     third = queue.create_job("q", "a", {})
     assert queue.status().queues[0].head.id == second.id  # type: ignore[union-attr]
     assert third.id > second.id
+
+
+def test_successes_of_several_queues_are_recorded_in_one_transaction(
+    make_queue: Callable,
+) -> None:
+    from queuetopia_py._store.records import Success
+
+    queue = make_queue()
+    firsts = {q: queue.create_job(q, "a", {"n": 1}) for q in ("q3", "q1", "q2")}
+    seconds = {q: queue.create_job(q, "a", {"n": 2}) for q in ("q3", "q1", "q2")}
+    claims = _claims(queue)
+    taken = {q: claims.claim(q) for q in ("q3", "q1", "q2")}
+    assert all(isinstance(claim, Claim) for claim in taken.values())
+    # q2's claim is lost meanwhile: its job was claimed again under another token.
+    jobs = queue._db.tables.jobs
+    with queue.engine.begin() as conn:
+        conn.execute(
+            jobs.update().where(jobs.c.id == firsts["q2"].id).values(claim_token="someone-else")
+        )
+    commits: list[object] = []
+
+    def committed(conn: object) -> None:
+        commits.append(conn)
+
+    sa.event.listen(queue.engine, "commit", committed)
+    try:
+        outcomes = claims.records.record_successes(
+            [
+                Success(taken["q3"], {"q": 3}, claim_next=True),  # type: ignore[arg-type]
+                Success(taken["q1"], {"q": 1}, claim_next=False),  # type: ignore[arg-type]
+                Success(taken["q2"], {"q": 2}, claim_next=True),  # type: ignore[arg-type]
+            ]
+        )
+    finally:
+        sa.event.remove(queue.engine, "commit", committed)
+    assert len(commits) == 1
+    (done3, next3), (done1, next1), (done2, next2) = outcomes
+    assert done3 is not None and done3.result == {"q": 3}
+    assert isinstance(next3, Claim) and next3.job.id == seconds["q3"].id
+    assert done1 is not None and next1 is None  # recorded alone: q1's lock released
+    assert (done2, next2) == (None, None)  # the lost claim records nothing
+    assert queue.get_job(firsts["q3"].id).done and queue.get_job(firsts["q1"].id).done
+    assert not queue.get_job(firsts["q2"].id).done
+    held = {lock["queue"]: lock["job_id"] for lock in _lock_rows(queue)}
+    assert held["q3"] == seconds["q3"].id and "q1" not in held
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_a_success_whose_queue_is_busy_does_not_hold_up_the_others(
+    make_queue: Callable,
+) -> None:
+    from queuetopia_py._store.records import Success
+
+    queue = make_queue()
+    first = queue.create_job("q1", "a", {})
+    second = queue.create_job("q2", "a", {})
+    claims = _claims(queue)
+    claim1, claim2 = claims.claim("q1"), claims.claim("q2")
+    assert isinstance(claim1, Claim) and isinstance(claim2, Claim)
+    queues = queue._db.tables.queues
+    recorded: list[object] = []
+    with queue.engine.connect() as holder, holder.begin():
+        # Another transaction holds q2's row (an application creating jobs, say).
+        q2 = sa.and_(queues.c.scope == queue.scope, queues.c.queue == "q2")
+        holder.execute(sa.select(queues.c.queue).where(q2).with_for_update())
+        recording = threading.Thread(
+            target=lambda: recorded.extend(
+                claims.records.record_successes(
+                    [Success(claim2, None, claim_next=True), Success(claim1, None, True)]
+                )
+            )
+        )
+        recording.start()
+        # q1's success is committed while q2's row is held: it did not wait for it, and
+        # its transaction held no row while waiting for another.
+        wait_until(lambda: queue.get_job(first.id).done, what="q1 recorded")
+        assert not queue.get_job(second.id).done and recording.is_alive()
+    recording.join(30)
+    assert queue.get_job(second.id).done
+    assert [done.id for done, _ in recorded] == [second.id, first.id]  # type: ignore[attr-defined]
