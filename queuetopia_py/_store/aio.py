@@ -4,13 +4,14 @@ The statements and transactions are written once, synchronously. For a coroutine
 PostgreSQL through psycopg, they run on an asyncio engine of the same URL and settings
 (psycopg's async connection) inside SQLAlchemy's greenlet bridge, the mechanism of its
 own `AsyncSession`: each round trip is awaited on the caller's loop, and no thread is
-used. Elsewhere (SQLite, MariaDB/MySQL, or an engine the application made itself), the
-call runs on a worker thread (`asyncio.to_thread`).
+used. Elsewhere (SQLite, MariaDB/MySQL, an engine the application made itself, or
+without greenlet installed), the call runs on a worker thread (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -42,6 +43,8 @@ class AsyncCalls:
             url is not None
             and url.get_backend_name() == "postgresql"
             and url.drivername.endswith("+psycopg")
+            # SQLAlchemy's bridge needs greenlet (the `postgresql` extra installs it).
+            and importlib.util.find_spec("greenlet") is not None
         )
         self._url = url
         self._statement_timeout = statement_timeout

@@ -169,3 +169,24 @@ def test_acreate_job_joins_the_callers_async_transaction(url: str, make_queue: C
         await app_engine.dispose()
 
     asyncio.run(main())
+
+
+def test_without_greenlet_postgresql_calls_run_on_worker_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    from queuetopia_py._store.aio import AsyncCalls
+
+    url = make_url("postgresql+psycopg://postgres@127.0.0.1/db")
+    native = AsyncCalls(None, url, statement_timeout=None, pool_size=1)  # type: ignore[arg-type]
+    assert native.native
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "greenlet" else found(name)
+    )
+    calls = AsyncCalls(None, url, statement_timeout=None, pool_size=1)  # type: ignore[arg-type]
+    assert not calls.native
+    assert asyncio.run(calls(threading.get_ident)) != threading.get_ident()
