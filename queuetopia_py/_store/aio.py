@@ -11,7 +11,6 @@ without greenlet installed), the call runs on a worker thread (`asyncio.to_threa
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -25,6 +24,16 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
+
+
+def _has_greenlet() -> bool:
+    """Whether SQLAlchemy's asyncio bridge can run here: it needs greenlet (which the
+    `postgresql` extra installs)."""
+    try:
+        import greenlet  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class AsyncCalls:
@@ -43,8 +52,7 @@ class AsyncCalls:
             url is not None
             and url.get_backend_name() == "postgresql"
             and url.drivername.endswith("+psycopg")
-            # SQLAlchemy's bridge needs greenlet (the `postgresql` extra installs it).
-            and importlib.util.find_spec("greenlet") is not None
+            and _has_greenlet()
         )
         self._url = url
         self._statement_timeout = statement_timeout

@@ -4,6 +4,7 @@ without a thread per call and without blocking the loop."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 
@@ -174,8 +175,6 @@ def test_acreate_job_joins_the_callers_async_transaction(url: str, make_queue: C
 def test_without_greenlet_postgresql_calls_run_on_worker_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import importlib.util
-
     from sqlalchemy.engine import make_url
 
     from queuetopia_py._store.aio import AsyncCalls
@@ -183,10 +182,7 @@ def test_without_greenlet_postgresql_calls_run_on_worker_threads(
     url = make_url("postgresql+psycopg://postgres@127.0.0.1/db")
     native = AsyncCalls(None, url, statement_timeout=None, pool_size=1)  # type: ignore[arg-type]
     assert native.native
-    found = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "greenlet" else found(name)
-    )
+    monkeypatch.setitem(sys.modules, "greenlet", None)  # `import greenlet` fails
     calls = AsyncCalls(None, url, statement_timeout=None, pool_size=1)  # type: ignore[arg-type]
     assert not calls.native
     assert asyncio.run(calls(threading.get_ident)) != threading.get_ident()
