@@ -89,6 +89,12 @@ class Head:
         """What the queues table keeps of `job` as its queue's head."""
         return cls(job.id, job.scheduled_at, job.next_attempt_at, job.failing_since)
 
+    @classmethod
+    def read(cls, row: Mapping[str, Any]) -> Head:
+        """What the queues table keeps of the job `row` (its `HEAD_READ` columns, at least)
+        as its queue's head."""
+        return cls(*(row[c] for c in HEAD_READ))
+
     def columns(self) -> dict[str, Any]:
         """The queue row's head columns for this head."""
         return {
@@ -106,6 +112,12 @@ def first_head(*jobs: JobSummary | None) -> Head | None:
         return None
     return Head.of(min(pending, key=lambda job: (job.scheduled_at, job.id)))
 
+
+#: The columns of a job row that `Head.read` reads, in the order of `Head`'s fields.
+HEAD_READ = ("id", "scheduled_at", "next_attempt_at", "failing_since")
+#: The columns of a job row that recording a success reads: is it still the claim's
+#: (`claim_token`), and is it done or pending still (`state`, `done_at`).
+NARROW_JOB = ("id", "state", "claim_token", "done_at")
 
 #: The head columns of a queue without pending work.
 NO_HEAD: Mapping[str, Any] = {
@@ -192,13 +204,17 @@ class QueueBook:
         def same_queue(of: sa.FromClause) -> list[sa.ColumnElement[bool]]:
             return [of.c.scope == queues.c.scope, of.c.queue == queues.c.queue]
 
+        def read(narrow: bool, whole: bool) -> list[Any]:
+            """The columns read of the job and of the one after it."""
+            job = [jobs.c[c] for c in NARROW_JOB] if narrow else summary
+            following = [c.name for c in (jobs.c if whole else summary)]
+            if narrow and not whole:
+                following = list(HEAD_READ)
+            return [*job, *(after.c[c].label(f"n_{c}") for c in following)]
+
         self._lock_with_job = {
-            (whole, skip): (
-                sa.select(
-                    *lead,
-                    *summary,
-                    *(after.c[c.name].label(f"n_{c.name}") for c in (jobs.c if whole else summary)),
-                )
+            (whole, skip, narrow): (
+                sa.select(*lead, *read(narrow, whole))
                 .select_from(
                     queues.join(jobs, sa.and_(jobs.c.id == job_id, *same_queue(jobs))).outerjoin(
                         after, sa.and_(after.c.id == following, *same_queue(after))
@@ -209,6 +225,7 @@ class QueueBook:
             )
             for whole in (False, True)
             for skip in (False, True)
+            for narrow in (False, True)
         }
         self._job_alone = sa.select(db.now().label("db_now"), *summary).where(jobs.c.id == job_id)
         written = [f for f in _QUEUE_FIELDS if f != "queue"]
@@ -254,29 +271,47 @@ class QueueBook:
         return locked
 
     def lock_with_job(
-        self, conn: Connection, scope: str, queue: str, job_id: int, *, whole_next: bool = False
+        self,
+        conn: Connection,
+        scope: str,
+        queue: str,
+        job_id: int,
+        *,
+        whole_next: bool = False,
+        narrow: bool = False,
     ) -> Locked:
         """`lock`, reading job `job_id` of the queue too (without params and result), and
         the pending job that follows it in the queue (`Locked.following`; with
         `whole_next`, its params too). A queue without a row gives the job alone,
-        unlocked."""
-        locked = self._lock_with_job_or_skip(conn, scope, queue, job_id, whole_next, False)
+        unlocked. With `narrow`, only `NARROW_JOB` is read of the job, and of the job
+        after it (unless `whole_next`) only `HEAD_READ` (see `Head.read`)."""
+        locked = self._lock_with_job_or_skip(
+            conn, scope, queue, job_id, (whole_next, False, narrow)
+        )
         assert locked is not None
         return locked
 
     def try_lock_with_job(
-        self, conn: Connection, scope: str, queue: str, job_id: int, *, whole_next: bool = False
+        self,
+        conn: Connection,
+        scope: str,
+        queue: str,
+        job_id: int,
+        *,
+        whole_next: bool = False,
+        narrow: bool = False,
     ) -> Locked | None:
         """`lock_with_job` if the queue's row is free now; None, without waiting, if
         another transaction holds it (or the queue has no row: ask `lock_with_job`).
         SQLite has one writer at a time: its rows are always free."""
-        return self._lock_with_job_or_skip(conn, scope, queue, job_id, whole_next, True)
+        return self._lock_with_job_or_skip(conn, scope, queue, job_id, (whole_next, True, narrow))
 
     def _lock_with_job_or_skip(
-        self, conn: Connection, scope: str, queue: str, job_id: int, whole_next: bool, skip: bool
+        self, conn: Connection, scope: str, queue: str, job_id: int, kind: tuple[bool, bool, bool]
     ) -> Locked | None:
+        skip = kind[1]
         params = {"b_scope": scope, "b_queue": queue, "b_job": job_id}
-        statement = self._lock_with_job[whole_next, skip]
+        statement = self._lock_with_job[kind]
         found = conn.execute(statement, params).first()
         if found is None and skip:
             return None

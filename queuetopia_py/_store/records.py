@@ -237,16 +237,16 @@ class RecordStore:
         claim, result, claim_next = success.claim, success.result, success.claim_next
         job, passing = claim.job, success.passing
         lock = book.lock_with_job if wait else book.try_lock_with_job
-        locked = lock(conn, where.scope, job.queue, job.id, whole_next=claim_next)
+        locked = lock(conn, where.scope, job.queue, job.id, whole_next=claim_next, narrow=True)
         if locked is None:
             return None
-        if locked.job is None or locked.job["claim_token"] != claim.token:
+        stored = locked.job  # only NARROW_JOB
+        if stored is None or stored["claim_token"] != claim.token:
             return None, None  # claimed again since (or deleted)
-        stored = summary_from_mapping(locked.job)
         row = locked.row
-        if stored.done:  # our own commit, whose answer was lost
-            assert stored.done_at is not None and success.first is not None
-            done = _done(job, stored.done_at, result)
+        if stored["done_at"] is not None:  # our own commit, whose answer was lost
+            assert success.first is not None
+            done = _done(job, stored["done_at"], result)
             if claim_next and row is not None and row.held_by(passing):
                 assert row.locked_job is not None and row.locked_until is not None
                 passed = conn.execute(self._by_id, {"b_job_id": row.locked_job}).one()
@@ -254,12 +254,12 @@ class RecordStore:
             return done, None
         writes.add(self._mark_done, {"b_job_id": job.id, "b_now": locked.now, "b_result": result})
         done = _done(job, locked.now, result)
-        gone = 1 if stored.pending else 0
+        gone = 1 if stored["state"] in (JobState.PENDING, JobState.DONE) else 0
         if row is None:
             return done, None
         # The job left the queue: what followed it is the head now.
         after = locked.following
-        head = None if after is None else Head.of(summary_from_mapping(after))
+        head = None if after is None else Head.read(after)
         if not row.held_by(claim.token):  # the lock expired and went to another
             book.sync(conn, where.scope, row, pending_change=-gone, head=head, writes=writes)
             return done, None
