@@ -2,7 +2,8 @@
 
     python bench/fairness.py [--backends sqlite,postgresql,mariadb] [--runs 3]
                              [--queues 100] [--per-queue 30] [--blocked 1000] [--behind 2]
-                             [--blocked-backoff SECONDS] [--timeout 600] [--json OUT]
+                             [--blocked-backoff SECONDS] [--analyze] [--timeout 600]
+                             [--json OUT]
 
 One node with the default options (max_concurrency 10, poll_interval 60 s) and a
 performer that does nothing, except for the blocked queues' jobs, where it raises. The
@@ -20,6 +21,11 @@ the last success is recorded (the attempt_succeeded event):
 are not due during the run and must cost nothing; without it they retry after the
 default backoff (2 s, 3 s, 5 s...), heads that have just begun to fail, whose retries
 during the run are work the flowing queues share the node with.
+
+`--analyze` gathers the database's statistics once set up (beside: with the blocked
+queues' jobs in the tables), as autovacuum would have on a server that runs it: without
+statistics, PostgreSQL may reach a queue's row and jobs through the scope's indexes,
+and the blocked queues' rows slow every record (docs/performance.md).
 
 Both runs time the same path (jobs created for a running node), so that the ratio
 beside / alone (target: at most 1.2) is the cost of the blocked queues alone. Each run is
@@ -49,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from benchdb import fresh_database
+from status import analyze
 from workerio import OrderLog, expected_interleaved, interleaved
 
 from queuetopia_py import Event, EventKind, Job, Performer, Queuetopia, migrate
@@ -146,8 +153,8 @@ def blocked_items(queues: int, behind: int) -> list[dict[str, Any]]:
     ]
 
 
-def one_run(url: str, args: argparse.Namespace, beside: bool) -> dict[str, Any]:
-    """One measured run on the fresh database `url`; its figures as a dict."""
+def one_run(url: str, backend: str, args: argparse.Namespace, beside: bool) -> dict[str, Any]:
+    """One measured run on the fresh database `url` of `backend`; its figures as a dict."""
     flowing = args.queues * args.per_queue
     blocked = args.blocked if beside else 0
     probe = Probe(blocked, flowing)
@@ -164,6 +171,8 @@ def one_run(url: str, args: argparse.Namespace, beside: bool) -> dict[str, Any]:
                 failed = len(probe.failed_queues)
                 return {**result, "error": f"only {failed}/{blocked} blocked heads failed"}
             result["set_up_seconds"] = time.perf_counter() - set_up
+        if args.analyze:
+            analyze(url, backend)
         items = [
             {"queue": queue, "action": FLOWING_ACTION, "params": {"i": i}}
             for queue, i in interleaved(args.queues, args.per_queue)
@@ -244,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="seconds before a blocked head's next attempt (default: the default backoff)",
     )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="gather the database's statistics once set up, before the flowing jobs",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds, per wait")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -273,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 for beside in (False, True):
                     with fresh_database(backend, Path(tmp)) as url:
                         migrate(url)
-                        runs.append(one_run(url, args, beside))
+                        runs.append(one_run(url, backend, args, beside))
             summaries.append(summary(backend, runs))
             print_row(summaries[-1])
     failed = False
