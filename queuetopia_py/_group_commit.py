@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 I = TypeVar("I")  # noqa: E741 (the item type)
@@ -24,12 +24,17 @@ class _Entry(Generic[I, R]):
     result: R | None = None
     error: BaseException | None = None
     done: bool = False
+    #: Set when the entry is done, or when its thread is to lead the next batch.
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class GroupCommit(Generic[I, R]):
     """Runs `run_batch(items) -> results` (one result per item, in order) for the items
     handed to `submit`, several at a time: at most `limit` a batch, and never two with
-    the same `key`. If `run_batch` raises, every item of its batch raises that error."""
+    the same `key`. If `run_batch` raises, every item of its batch raises that error.
+
+    A batch's end wakes only the threads of its items and the one thread that leads the
+    next batch (the first in line), not every waiting thread."""
 
     def __init__(
         self,
@@ -40,26 +45,31 @@ class GroupCommit(Generic[I, R]):
         self._run_batch = run_batch
         self._key = key
         self._limit = limit
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: list[_Entry[I, R]] = []
+        # Whether a batch runs, or a thread has been woken to lead the next one.
         self._running = False
 
     def submit(self, item: I) -> R:
         """Do `item` (in a batch of its own or with others); its result."""
         entry: _Entry[I, R] = _Entry(item)
-        with self._changed:
+        with self._lock:
             self._waiting.append(entry)
+            lead = not self._running
+            self._running = True
         while True:
-            with self._changed:
-                while self._running and not entry.done:
-                    self._changed.wait()
-                if entry.done:
-                    if entry.error is not None:
-                        raise entry.error
-                    return entry.result  # type: ignore[return-value]
+            if not lead:
+                entry.wake.wait()
+                entry.wake.clear()
+            if entry.done:
+                if entry.error is not None:
+                    raise entry.error
+                return entry.result  # type: ignore[return-value]
+            # This thread leads the next batch (the line's turn was handed to it).
+            with self._lock:
                 batch = self._take()
-                self._running = True
             self._lead(batch)
+            lead = False
 
     def _take(self) -> list[_Entry[I, R]]:
         """The next batch, taken out of the line (called with the lock held)."""
@@ -85,8 +95,11 @@ class GroupCommit(Generic[I, R]):
             for entry in batch:
                 entry.error = exc
         finally:
-            with self._changed:
+            with self._lock:
                 for entry in batch:
                     entry.done = True
-                self._running = False
-                self._changed.notify_all()
+                    entry.wake.set()
+                if self._waiting:
+                    self._waiting[0].wake.set()  # leads the next batch
+                else:
+                    self._running = False
