@@ -30,9 +30,10 @@ from queuetopia_py._attempts import Attempted, AttemptRunner
 from queuetopia_py._backoff import lock_lifetime
 from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._execution import Executor, Outcome, describe_exception
+from queuetopia_py._group_commit import GroupCommit
 from queuetopia_py._lease import LeaseKeeper
 from queuetopia_py._performer import Performer
-from queuetopia_py._store.claims import ClaimStore
+from queuetopia_py._store.claims import ClaimRequest, ClaimStore
 from queuetopia_py._store.database import is_transient
 from queuetopia_py._store.locks import Claim, Interrupted, NotDue, Taken
 from queuetopia_py.events import EventBus
@@ -110,6 +111,9 @@ class Scheduler:
             loop=loop,
         )
         self._loop = loop
+        self._claims: GroupCommit[ClaimRequest, Taken] = GroupCommit(
+            lambda requests: self.claims.claim_all(requests), key=lambda request: request.queue
+        )
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.state = RunState.STOPPED
@@ -406,7 +410,8 @@ class Scheduler:
                         break
                     unready = self._prepare()
                     if claim is None:
-                        claim = self.claims.claim(queue)
+                        # With the claims other runners make meanwhile, in one transaction.
+                        claim = self._claims.submit(ClaimRequest(queue))
                     claim, following = self._step(queue, claim, unready, turn)
                     if following != queue:
                         turn = time.monotonic()

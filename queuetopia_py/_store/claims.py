@@ -9,19 +9,22 @@ queue's row and decides from it and its head: busy, not due, interrupted, or tak
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from queuetopia_py import defaults
 from queuetopia_py._backoff import is_due
+from queuetopia_py._job import Job
 from queuetopia_py._schema import WHOLE_SCOPE
-from queuetopia_py._store.database import Database
+from queuetopia_py._store.database import Database, Deferred
 from queuetopia_py._store.jobs import job_from_mapping
 from queuetopia_py._store.locks import Busy, Claim, LockStore, NotDue, Taken, new_token
-from queuetopia_py._store.queues import NodeScope, QueueBook
+from queuetopia_py._store.queues import Locked, NodeScope, QueueBook, QueueRow
 from queuetopia_py._store.records import RecordStore
 
 
@@ -100,34 +103,121 @@ class ClaimStore:
         claim holds it; `NotDue` when its head may not start yet; `Interrupted` when its
         head's last attempt never ended (the head met its failure mode).
         """
+        return self.claim_all([ClaimRequest(queue)])[0]
+
+    def claim_all(self, requests: Sequence[ClaimRequest]) -> list[Taken]:
+        """`claim` each request's queue (all different), in as few transactions as the
+        queues' rows allow: one, unless some are busy; what each claim gave, in order.
+
+        Rows are locked in the order of the queues' names, and only a transaction's
+        first claim waits for its row: a claim whose row is busy (or whose head met its
+        failure mode, which may create a job in another queue) is left to a transaction
+        of its own after, so that a transaction never waits while it holds a row."""
+        assert len({r.queue for r in requests}) == len(requests), "one per queue"
+        taken: dict[int, Taken] = {}
+        left = sorted(range(len(requests)), key=lambda i: requests[i].queue)
+        while left:
+            left = self.where.db.retrying(
+                functools.partial(self._claim_some, requests, left, taken)
+            )
+        return [taken[index] for index in range(len(requests))]
+
+    def _claim_some(
+        self, requests: Sequence[ClaimRequest], indexes: list[int], taken: dict[int, Taken]
+    ) -> list[int]:
+        """One transaction claiming `requests[i]` for `i` in `indexes` (in queue order)
+        into `taken`; returns those left for another."""
         where = self.where
-        token = new_token()
-        first: list[float] = []
+        # Taken before the database's time is read (and after any wait for SQLite's
+        # write lock, taken as the transaction begins): time spent waiting to claim
+        # does not eat into the attempt.
+        started = time.monotonic()
+        claimed: dict[int, Taken] = {}
+        busy: list[int] = []
+        with where.db.transaction() as conn:
+            writes = Deferred()
+            for index in indexes:
+                request = requests[index]
+                if request.first is None:
+                    request.first = started
+                first = not claimed
+                locked: Locked | None
+                if first:
+                    locked = self.book.lock_with_head(conn, where.scope, request.queue)
+                else:
+                    locked = self.book.try_lock_with_head(conn, where.scope, request.queue)
+                outcome = None if locked is None else self._decide(locked, request)
+                if isinstance(outcome, _Exhausted):
+                    if not first:
+                        busy.append(index)  # a transaction of its own, after
+                        continue
+                    writes.flush(conn)  # its failure mode reads the jobs as they stand
+                    outcome = self.records.interrupted(conn, outcome.row, outcome.head, outcome.now)
+                elif isinstance(outcome, _Take):
+                    claim, lock = self.locks.take(
+                        conn, outcome.head, outcome.now, started, request.token, writes
+                    )
+                    self.book.write(
+                        conn,
+                        where.scope,
+                        outcome.row,
+                        writes,
+                        head_due=claim.job.next_attempt_at,
+                        **lock,
+                    )
+                    outcome = claim
+                if locked is None:
+                    busy.append(index)
+                else:
+                    claimed[index] = outcome
+            writes.flush(conn)
+        taken.update(claimed)  # once committed: a retry starts over
+        return busy
 
-        def run() -> Taken:
-            # Taken before the database's time is read (and after any wait for SQLite's
-            # write lock, taken as the transaction begins): time spent waiting to claim
-            # does not eat into the attempt.
-            started = time.monotonic()
-            first.append(started)
-            with where.db.transaction() as conn:
-                locked = self.book.lock_with_head(conn, where.scope, queue)
-                row, now = locked.row, locked.now
-                if row is None or locked.job is None or locked.suspended:
-                    return None
-                if row.held_by(token):  # our own claim, whose answer was lost
-                    assert row.locked_until is not None
-                    return Claim(job_from_mapping(locked.job), token, row.locked_until, first[0])
-                if row.locked(now):
-                    return Busy()
-                head = job_from_mapping(locked.job)
-                if not is_due(head.next_attempt_at, now):
-                    waits = head.next_attempt_at
-                    return NotDue(None if waits is None else waits - now)
-                if head.round_attempts >= head.max_attempts:
-                    return self.records.interrupted(conn, row, head, now)
-                claim, lock = self.locks.take(conn, head, now, started, token)
-                self.book.write(conn, where.scope, row, head_due=claim.job.next_attempt_at, **lock)
-                return claim
+    def _decide(self, locked: Locked, request: ClaimRequest) -> Taken | _Take | _Exhausted:
+        """What a claim makes of its queue's row and head, read under the row's lock."""
+        row, now = locked.row, locked.now
+        if row is None or locked.job is None or locked.suspended:
+            return None
+        if row.held_by(request.token):  # our own claim, whose answer was lost
+            assert row.locked_until is not None and request.first is not None
+            return Claim(
+                job_from_mapping(locked.job), request.token, row.locked_until, request.first
+            )
+        if row.locked(now):
+            return Busy()
+        head = job_from_mapping(locked.job)
+        if not is_due(head.next_attempt_at, now):
+            waits = head.next_attempt_at
+            return NotDue(None if waits is None else waits - now)
+        if head.round_attempts >= head.max_attempts:
+            return _Exhausted(row, head, now)
+        return _Take(row, head, now)
 
-        return where.db.retrying(run)
+
+@dataclass(slots=True)
+class ClaimRequest:
+    """A claim to make of `queue`. Its token, and the start of its first try, stay the
+    same through retries: a try that finds its own earlier commit recognises it."""
+
+    queue: str
+    token: str = field(default_factory=new_token)
+    first: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    """The head is due: take it."""
+
+    row: QueueRow
+    head: Job
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Exhausted:
+    """The head's final attempt started but was never recorded: its failure mode."""
+
+    row: QueueRow
+    head: Job
+    now: datetime

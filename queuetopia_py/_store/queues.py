@@ -182,12 +182,13 @@ class QueueBook:
             suspended.label("suspended"),
         ]
         self._lock = sa.select(*lead).where(self._key).with_for_update(of=queues)
-        self._lock_with_head = (
-            sa.select(*lead, jobs)
+        self._lock_with_head = {
+            skip: sa.select(*lead, jobs)
             .select_from(queues.outerjoin(jobs, jobs.c.id == queues.c.head_id))
             .where(self._key)
-            .with_for_update(of=queues)
-        )
+            .with_for_update(of=queues, skip_locked=skip)
+            for skip in (False, True)
+        }
         job_id = sa.bindparam("b_job", type_=jobs.c.id.type)
         summary = [c for c in jobs.c if c.name not in ("params", "result")]
         # The queue's first pending job but job `b_job`: what follows it in the queue.
@@ -260,14 +261,29 @@ class QueueBook:
 
     def lock_with_head(self, conn: Connection, scope: str, queue: str) -> Locked:
         """`lock`, reading the queue's head job too (its whole row)."""
+        locked = self._lock_with_head_or_skip(conn, scope, queue, skip=False)
+        assert locked is not None
+        return locked
+
+    def try_lock_with_head(self, conn: Connection, scope: str, queue: str) -> Locked | None:
+        """`lock_with_head` if the queue's row is free now; None, without waiting, if
+        another transaction holds it (or the queue has no row: ask `lock_with_head`)."""
+        return self._lock_with_head_or_skip(conn, scope, queue, skip=True)
+
+    def _lock_with_head_or_skip(
+        self, conn: Connection, scope: str, queue: str, *, skip: bool
+    ) -> Locked | None:
         params = {"b_scope": scope, "b_queue": queue}
-        found = conn.execute(self._lock_with_head, params).first()
+        statement = self._lock_with_head[skip]
+        found = conn.execute(statement, params).first()
         if found is None:
+            if skip:
+                return None
             return Locked(None, conn.execute(sa.select(self.db.now())).scalar_one(), False, None)
         locked = _locked(found._mapping, with_job=True)
         if locked.row is not None and locked.row.head_id is not None and locked.job is None:
             # Read before the lock was ours (see `_STALE_READ`): read again.
-            return _locked(conn.execute(self._lock_with_head, params).one()._mapping, with_job=True)
+            return _locked(conn.execute(statement, params).one()._mapping, with_job=True)
         return locked
 
     def lock_with_job(

@@ -168,15 +168,15 @@ def test_exceptions_in_the_poll_are_logged_and_the_scheduler_goes_on(
 def test_a_runner_failing_before_its_claim_holds_nothing_and_its_queue_runs_later(
     make_queue: Callable[..., Queuetopia], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_claim = ClaimStore.claim
+    real_claim = ClaimStore.claim_all
     failures = [RuntimeError("injected claim failure")]
 
-    def failing_claim(self: ClaimStore, queue: str) -> object:
+    def failing_claim(self: ClaimStore, requests: Any) -> Any:
         if failures:
             raise failures.pop()
-        return real_claim(self, queue)
+        return real_claim(self, requests)
 
-    monkeypatch.setattr(ClaimStore, "claim", failing_claim)
+    monkeypatch.setattr(ClaimStore, "claim_all", failing_claim)
     recorder = Recorder()
     queue = make_queue(performer=recorder, poll_interval=0.2)
     job = queue.create_job("q", "a", {})

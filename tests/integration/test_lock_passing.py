@@ -372,3 +372,99 @@ def test_a_success_whose_queue_is_busy_does_not_hold_up_the_others(
     recording.join(30)
     assert queue.get_job(second.id).done
     assert [done.id for done, _ in recorded] == [second.id, first.id]  # type: ignore[attr-defined]
+
+
+def test_claims_of_several_queues_are_made_in_one_transaction(make_queue: Callable) -> None:
+    from queuetopia_py._store.claims import ClaimRequest
+
+    queue = make_queue()
+    heads = {q: queue.create_job(q, "a", {"n": 1}) for q in ("q3", "q1", "q2", "q4")}
+    queue.create_job("q4", "a", {"n": 2})
+    later = datetime.now(UTC) + timedelta(hours=1)
+    queue.create_job("q5", "a", {}, scheduled_at=later)
+    queue.suspend("q2")
+    claims = _claims(queue)
+    commits: list[object] = []
+
+    def committed(conn: object) -> None:
+        commits.append(conn)
+
+    sa.event.listen(queue.engine, "commit", committed)
+    try:
+        taken = claims.claim_all([ClaimRequest(q) for q in ("q3", "q1", "q2", "q4", "q5", "empty")])
+    finally:
+        sa.event.remove(queue.engine, "commit", committed)
+    assert len(commits) == 1
+    q3, q1, q2, q4, q5, empty = taken
+    assert isinstance(q3, Claim) and q3.job.id == heads["q3"].id and q3.job.attempts == 1
+    assert isinstance(q1, Claim) and q1.job.id == heads["q1"].id
+    assert isinstance(q4, Claim) and q4.job.id == heads["q4"].id
+    assert q2 is None and empty is None  # suspended; no such queue
+    assert isinstance(q5, NotDue)
+    held = {lock["queue"]: lock["job_id"] for lock in _lock_rows(queue)}
+    assert held == {"q1": heads["q1"].id, "q3": heads["q3"].id, "q4": heads["q4"].id}
+    # Each claim is the queue's own: its next job is passed the lock as it is recorded.
+    done, following = claims.records.record_success_and_claim(q4)
+    assert done is not None and isinstance(following, Claim) and following.job.params == {"n": 2}
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_a_claim_whose_queue_is_busy_does_not_hold_up_the_others(make_queue: Callable) -> None:
+    from queuetopia_py._store.claims import ClaimRequest
+
+    queue = make_queue()
+    first = queue.create_job("q1", "a", {})
+    second = queue.create_job("q2", "a", {})
+    claims = _claims(queue)
+    queues = queue._db.tables.queues
+    taken: list[object] = []
+    with queue.engine.connect() as holder, holder.begin():
+        # Another transaction holds q2's row (an application creating jobs, say).
+        q2 = sa.and_(queues.c.scope == queue.scope, queues.c.queue == "q2")
+        holder.execute(sa.select(queues.c.queue).where(q2).with_for_update())
+        claiming = threading.Thread(
+            target=lambda: taken.extend(claims.claim_all([ClaimRequest("q2"), ClaimRequest("q1")]))
+        )
+        claiming.start()
+        # q1 is claimed and committed while q2's row is held: its claim did not wait
+        # for it, and its transaction held no row while waiting for another.
+        wait_until(
+            lambda: any(lock["queue"] == "q1" for lock in _lock_rows(queue)), what="q1 claimed"
+        )
+        assert claiming.is_alive()
+    claiming.join(30)
+    claimed2, claimed1 = taken
+    assert isinstance(claimed1, Claim) and claimed1.job.id == first.id
+    assert isinstance(claimed2, Claim) and claimed2.job.id == second.id
+
+
+def test_a_claim_whose_head_met_its_failure_mode_is_made_alone(make_queue: Callable) -> None:
+    """The head's final attempt never ended (its node died): its failure mode may
+    create a job in another queue, so its claim is a transaction of its own, not one
+    that holds other queues' rows meanwhile."""
+    from queuetopia_py._store.claims import ClaimRequest
+
+    queue = make_queue()
+    interrupted = queue.create_job("q2", "a", {}, max_attempts=1)
+    other = queue.create_job("q1", "a", {})
+    claims = _claims(queue)
+    lost = claims.claim("q2")
+    assert isinstance(lost, Claim)
+    jobs, queues = queue._db.tables.jobs, queue._db.tables.queues
+    with queue.engine.begin() as conn:  # its node died: the lock expired
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        conn.execute(queues.update().where(queues.c.queue == "q2").values(locked_until=past))
+        conn.execute(jobs.update().where(jobs.c.id == interrupted.id).values(next_attempt_at=past))
+    commits: list[object] = []
+
+    def committed(conn: object) -> None:
+        commits.append(conn)
+
+    sa.event.listen(queue.engine, "commit", committed)
+    try:
+        claimed1, claimed2 = claims.claim_all([ClaimRequest("q1"), ClaimRequest("q2")])
+    finally:
+        sa.event.remove(queue.engine, "commit", committed)
+    assert len(commits) == 2
+    assert isinstance(claimed1, Claim) and claimed1.job.id == other.id
+    assert isinstance(claimed2, Interrupted) and claimed2.job.id == interrupted.id

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from queuetopia_py import Queuetopia
 from queuetopia_py._store.claims import ClaimStore
 from queuetopia_py._store.locks import Claim
+from queuetopia_py._store.records import Success
 from queuetopia_py.migrations.v003_queues import queues_backfill
 
 pytestmark = [
@@ -88,7 +89,11 @@ def _sent(engine: sa.Engine, call: Callable[[], object]) -> list[tuple[str, Any]
 
     def capture(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         if statement.lstrip().split(None, 1)[0].upper() in ("SELECT", "WITH", "UPDATE", "DELETE"):
-            sent.append((statement, parameters))
+            # Several rows' writes sent at once: each row's is the same statement.
+            many = (
+                isinstance(parameters, list | tuple) and parameters and not _scalar(parameters[0])
+            )
+            sent.append((statement, parameters[0] if many else parameters))
 
     event.listen(engine, "before_cursor_execute", capture)
     try:
@@ -96,6 +101,10 @@ def _sent(engine: sa.Engine, call: Callable[[], object]) -> list[tuple[str, Any]
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     return sent
+
+
+def _scalar(value: Any) -> bool:
+    return not isinstance(value, list | tuple | dict)
 
 
 def _postgresql_scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -160,10 +169,18 @@ def test_the_hot_statements_read_their_rows_by_index(queue: Queuetopia) -> None:
         assert isinstance(claim, Claim), claim
         claims.records.record_success_and_claim(claim, None)
 
+    def record_together() -> None:
+        taken = [claims.claim(name) for name in ("q11", "q13", "q15")]
+        assert all(isinstance(claim, Claim) for claim in taken), taken
+        claims.records.record_successes(
+            [Success(claim, None, claim_next=n % 2 == 0) for n, claim in enumerate(taken)]  # type: ignore[arg-type]
+        )
+
     calls: dict[str, Callable[[], object]] = {
         "poll": lambda: claims.poll(POLL_LIMIT),
         "claim and give back": claim_and_give_back,
         "record and pass": record_and_pass,
+        "record successes together": record_together,
         "status page": lambda: queue.status(100),
         "known scopes": queue.known_scopes,
         "first page of done jobs": lambda: queue.list_jobs(state="done", limit=100),

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from recording import Recorder, wait_until
@@ -391,17 +392,17 @@ def test_a_blocked_queue_is_left_aside_until_its_head_is_due(make_queue: Callabl
     recorder.wait(lambda r: len(r.failed) == 1)
     claims = queue._scheduler.claims
     seen: list[str] = []
-    original = claims.claim
+    original = claims.claim_all
 
-    def counting(name: str):  # type: ignore[no-untyped-def]
-        seen.append(name)
-        return original(name)
+    def counting(requests):  # type: ignore[no-untyped-def]
+        seen.extend(request.queue for request in requests)
+        return original(requests)
 
-    claims.claim = counting  # type: ignore[method-assign]
+    claims.claim_all = counting  # type: ignore[method-assign]
     for i in range(20):  # every create_job wakes the scheduler for a new poll
         queue.create_job(f"other{i}", "a", {})
     recorder.wait(lambda r: len([j for j in r.finished if j.queue != "blocked"]) == 20)
-    assert seen.count("blocked") <= 1
+    assert len(seen) >= 20 and seen.count("blocked") <= 1
     assert recorder.order("blocked") == [None]
 
 
@@ -412,13 +413,15 @@ def test_time_spent_waiting_to_claim_does_not_count_against_the_attempt(
     a slow connection) must not make a quick attempt count as timed out."""
     from queuetopia_py._store.claims import ClaimStore
 
-    original = ClaimStore.claim
+    original = ClaimStore.claim_all
+    waited: list[float] = []
 
-    def slow_claim(self: ClaimStore, queue: str) -> object:
+    def slow_claim(self: ClaimStore, requests: Any) -> Any:
         time.sleep(1.5)  # stands for a wait before the claim's transaction begins
-        return original(self, queue)
+        waited.append(1.5)
+        return original(self, requests)
 
-    monkeypatch.setattr(ClaimStore, "claim", slow_claim)
+    monkeypatch.setattr(ClaimStore, "claim_all", slow_claim)
     recorder = Recorder(lambda job: time.sleep(0.05))
     queue = make_queue(performer=recorder)
     job = queue.create_job("q", "a", {}, timeout=1.0)
@@ -426,6 +429,7 @@ def test_time_spent_waiting_to_claim_does_not_count_against_the_attempt(
     wait_until(lambda: not queue.get_job(job.id).pending, 30, "job recorded")
     stored = queue.get_job(job.id)
     assert stored.done and stored.attempts == 1 and stored.error is None
+    assert waited  # the claim did wait
 
 
 def test_a_runner_waits_a_while_for_new_work_before_it_ends(make_queue: Callable) -> None:
@@ -466,16 +470,17 @@ def test_queues_whose_head_backs_off_cost_no_claim_while_others_flow(
     recorder.wait(lambda r: len(r.failed) == len(blocked))
     claimed: list[str] = []
     claims = queue._scheduler.claims
-    original = claims.claim
+    original = claims.claim_all
 
-    def counting(name: str):  # type: ignore[no-untyped-def]
-        claimed.append(name)
-        return original(name)
+    def counting(requests):  # type: ignore[no-untyped-def]
+        claimed.extend(request.queue for request in requests)
+        return original(requests)
 
-    claims.claim = counting  # type: ignore[method-assign]
+    claims.claim_all = counting  # type: ignore[method-assign]
     for i in range(20):  # a second of flowing work: several polls meanwhile
         queue.create_job("flowing", "a", {"i": i})
     recorder.wait(lambda r: len([j for j in r.finished if j.queue == "flowing"]) == 20)
+    assert "flowing" in claimed
     assert [name for name in claimed if name.startswith("blocked")] == []
     assert recorder.order("flowing") == list(range(20))
 
