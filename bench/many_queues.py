@@ -1,7 +1,7 @@
 """Many queues: one node runs 100,000 distinct queues of one job each to completion.
 
     python bench/many_queues.py [--backends sqlite,postgresql,mariadb] [--queues 100000]
-                                [--batch 5000] [--timeout 1800] [--json OUT]
+                                [--batch 5000] [--analyze] [--timeout 1800] [--json OUT]
 
 For each backend, on a fresh database (bench/benchdb.py): the jobs are enqueued with
 `create_jobs`, `--batch` a call (one job in each of the queues q0, q1, ...); then ONE node
@@ -21,6 +21,9 @@ Printed per backend:
   a subprocess: its Python start-up included), from this process once the node has
   recorded half of the jobs (or at the timeout), with the count of queues status() saw
   pending; they share the machine with the running node, as an operator's would.
+
+`--analyze` gathers the database's statistics once the jobs are enqueued (untimed), as
+autovacuum would have on a server that runs it.
 
 A run that has not finished after `--timeout` seconds is stopped, and the fraction of
 jobs done is reported instead.
@@ -45,7 +48,7 @@ from typing import Any
 
 from benchdb import fresh_databases
 from ours import SCOPE, enqueue_interleaved
-from status import p95
+from status import analyze, p95
 from workerio import RESULT_PREFIX, Stopwatch, emit
 
 from queuetopia_py import Event, Job, Performer, Queuetopia
@@ -205,6 +208,8 @@ def run_backend(url: str, backend: str, args: argparse.Namespace) -> dict[str, A
     watch = Stopwatch()
     enqueue_interleaved(url, args.queues, 1, args.batch)
     out: dict[str, Any] = {"backend": backend, "jobs": args.queues, "enqueue": watch.elapsed()}
+    if args.analyze:
+        analyze(url, backend)
     ops = Queuetopia(repo=url, scope=SCOPE)
     try:
         node = NodeProcess(url, args.queues, args.timeout)
@@ -270,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql,mariadb")
     parser.add_argument("--queues", type=int, default=100_000, help="queues, one job each")
     parser.add_argument("--batch", type=int, default=5_000, help="jobs per create_jobs call")
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="gather the database's statistics once the jobs are enqueued",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--node-url", default=None, help=argparse.SUPPRESS)
