@@ -9,13 +9,12 @@ queue's row and decides from it and its head: busy, not due, interrupted, or tak
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from queuetopia_py import defaults
 from queuetopia_py._backoff import is_due
@@ -24,7 +23,15 @@ from queuetopia_py._schema import WHOLE_SCOPE
 from queuetopia_py._store.database import Database, Deferred
 from queuetopia_py._store.jobs import job_from_mapping
 from queuetopia_py._store.locks import Busy, Claim, LockStore, NotDue, Taken, new_token
-from queuetopia_py._store.queues import Locked, NodeScope, QueueBook, QueueRow
+from queuetopia_py._store.queues import (
+    LEFT,
+    Left,
+    Locked,
+    NodeScope,
+    QueueBook,
+    QueueRow,
+    in_queue_order,
+)
 from queuetopia_py._store.records import RecordStore
 
 
@@ -113,66 +120,36 @@ class ClaimStore:
         first claim waits for its row: a claim whose row is busy (or whose head met its
         failure mode, which may create a job in another queue) is left to a transaction
         of its own after, so that a transaction never waits while it holds a row."""
-        assert len({r.queue for r in requests}) == len(requests), "one per queue"
-        taken: dict[int, Taken] = {}
-        left = sorted(range(len(requests)), key=lambda i: requests[i].queue)
-        while left:
-            left = self.where.db.retrying(
-                functools.partial(self._claim_some, requests, left, taken)
-            )
-        return [taken[index] for index in range(len(requests))]
+        return in_queue_order(
+            self.where.db, requests, lambda request: request.queue, self._claim_one
+        )
 
-    def _claim_some(
-        self, requests: Sequence[ClaimRequest], indexes: list[int], taken: dict[int, Taken]
-    ) -> list[int]:
-        """One transaction claiming `requests[i]` for `i` in `indexes` (in queue order)
-        into `taken`; returns those left for another."""
+    def _claim_one(
+        self, conn: Connection, request: ClaimRequest, started: float, writes: Deferred, first: bool
+    ) -> Taken | Left:
+        """Make one claim in the transaction of `conn` (see `in_queue_order`), holding its
+        writes back in `writes`."""
         where = self.where
-        # Taken before the database's time is read (and after any wait for SQLite's
-        # write lock, taken as the transaction begins): time spent waiting to claim
-        # does not eat into the attempt.
-        started = time.monotonic()
-        claimed: dict[int, Taken] = {}
-        busy: list[int] = []
-        with where.db.transaction() as conn:
-            writes = Deferred()
-            for index in indexes:
-                request = requests[index]
-                if request.first is None:
-                    request.first = started
-                first = not claimed
-                locked: Locked | None
-                if first:
-                    locked = self.book.lock_with_head(conn, where.scope, request.queue)
-                else:
-                    locked = self.book.try_lock_with_head(conn, where.scope, request.queue)
-                outcome = None if locked is None else self._decide(locked, request)
-                if isinstance(outcome, _Exhausted):
-                    if not first:
-                        busy.append(index)  # a transaction of its own, after
-                        continue
-                    writes.flush(conn)  # its failure mode reads the jobs as they stand
-                    outcome = self.records.interrupted(conn, outcome.row, outcome.head, outcome.now)
-                elif isinstance(outcome, _Take):
-                    claim, lock = self.locks.take(
-                        conn, outcome.head, outcome.now, started, request.token, writes
-                    )
-                    self.book.write(
-                        conn,
-                        where.scope,
-                        outcome.row,
-                        writes,
-                        head_due=claim.job.next_attempt_at,
-                        **lock,
-                    )
-                    outcome = claim
-                if locked is None:
-                    busy.append(index)
-                else:
-                    claimed[index] = outcome
-            writes.flush(conn)
-        taken.update(claimed)  # once committed: a retry starts over
-        return busy
+        if first:
+            locked: Locked | None = self.book.lock_with_head(conn, where.scope, request.queue)
+        else:
+            locked = self.book.try_lock_with_head(conn, where.scope, request.queue)
+        if locked is None:
+            return LEFT
+        outcome = self._decide(locked, request)
+        if isinstance(outcome, _Exhausted):
+            if not first:
+                return LEFT  # a transaction of its own, after
+            writes.flush(conn)  # its failure mode reads the jobs as they stand
+            return self.records.interrupted(conn, outcome.row, outcome.head, outcome.now)
+        if isinstance(outcome, _Take):
+            claim, lock = self.locks.take(
+                conn, outcome.head, outcome.now, started, request.token, writes
+            )
+            head_due = claim.job.next_attempt_at
+            self.book.write(conn, where.scope, outcome.row, writes, head_due=head_due, **lock)
+            return claim
+        return outcome
 
     def _decide(self, locked: Locked, request: ClaimRequest) -> Taken | _Take | _Exhausted:
         """What a claim makes of its queue's row and head, read under the row's lock."""

@@ -14,10 +14,12 @@ every writer: no deadlock between them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -501,3 +503,71 @@ def queue_order(jobs: sa.FromClause) -> list[sa.ColumnElement[Any]]:
     """Queue order among a queue's pending jobs, spelled to match the queue-order index
     (`scope, queue, state, scheduled_at, id`)."""
     return [jobs.c.state, jobs.c.scheduled_at, jobs.c.id]
+
+
+class Left:
+    """What a step of `in_queue_order` gives for an item whose queue's row was busy: it
+    is left to a transaction of its own, after."""
+
+
+#: The one `Left`.
+LEFT = Left()
+
+
+class Tried(Protocol):
+    """An item of `in_queue_order`: when its first try began (None: not yet), which stays
+    the same through retries."""
+
+    first: float | None
+
+
+I = TypeVar("I", bound=Tried)  # noqa: E741 (the item type)
+R = TypeVar("R")
+
+
+def in_queue_order(
+    db: Database,
+    items: Sequence[I],
+    queue_of: Callable[[I], str],
+    step: Callable[[Connection, I, float, Deferred, bool], R | Left],
+    *,
+    max_seconds: float = 30.0,
+) -> list[R]:
+    """`step(conn, item, started, writes, first)` for each of `items` (each of another
+    queue), in as few transactions as their queues' rows allow: one, unless some are
+    busy; what each step gave, in order.
+
+    The rows are taken in the order of the queues' names (as every writer of several
+    rows takes them), and only a transaction's `first` step may wait for its row; the
+    others take theirs if free, else give `LEFT`, and are left to a transaction of their
+    own after (the first of it). A transaction never waits while it holds a row, and so
+    never deadlocks with another (an application creating jobs in several queues, say).
+    `started` is the monotonic time the transaction's try began; the writes held back in
+    `writes` are sent at its end. Each transaction is retried through transient failures
+    for at most `max_seconds`."""
+    assert len({queue_of(item) for item in items}) == len(items), "one per queue"
+    outcomes: dict[int, R] = {}
+
+    def some(indexes: list[int]) -> list[int]:
+        started = time.monotonic()
+        done: dict[int, R] = {}
+        busy: list[int] = []
+        with db.transaction() as conn:
+            writes = Deferred()
+            for index in indexes:
+                item = items[index]
+                if item.first is None:
+                    item.first = started
+                outcome = step(conn, item, started, writes, not done)
+                if isinstance(outcome, Left):
+                    busy.append(index)
+                else:
+                    done[index] = outcome
+            writes.flush(conn)
+        outcomes.update(done)  # once committed: a retry starts over
+        return busy
+
+    left = sorted(range(len(items)), key=lambda index: queue_of(items[index]))
+    while left:
+        left = db.retrying(functools.partial(some, left), max_seconds=max_seconds)
+    return [outcomes[index] for index in range(len(items))]

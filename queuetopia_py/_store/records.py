@@ -11,8 +11,6 @@ twice.
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -39,7 +37,17 @@ from queuetopia_py._store.jobs import (
     summary_from_mapping,
 )
 from queuetopia_py._store.locks import Claim, Interrupted, LockStore, NotDue, new_token
-from queuetopia_py._store.queues import UNLOCKED, Head, NodeScope, QueueBook, QueueRow, first_head
+from queuetopia_py._store.queues import (
+    LEFT,
+    UNLOCKED,
+    Head,
+    Left,
+    NodeScope,
+    QueueBook,
+    QueueRow,
+    first_head,
+    in_queue_order,
+)
 
 # How long recording an attempt's outcome is retried through a database outage: the
 # outcome is kept if the database comes back meanwhile (fencing keeps a late record from
@@ -187,59 +195,26 @@ class RecordStore:
         several rows locks them), and the writes of all of them are sent together at the
         end (`Deferred`): a round trip for each success's read, and a few for the rest.
         """
-        where = self.where
-        assert len({s.claim.job.queue for s in successes}) == len(successes), "one per queue"
-        outcomes: dict[int, tuple[Job | None, Following]] = {}
-        # Only the first of a transaction waits for its queue's row: the others are
-        # taken if free, else left to a transaction of their own after (the first of
-        # it). A transaction never waits while holding a row, and so never deadlocks
-        # with another (an application's creating jobs in several queues, say).
-        left = sorted(range(len(successes)), key=lambda i: successes[i].claim.job.queue)
-        while left:
-            left = where.db.retrying(
-                functools.partial(self._record_some, successes, left, outcomes),
-                max_seconds=RECORD_PATIENCE,
-            )
-        return [outcomes[index] for index in range(len(successes))]
-
-    def _record_some(
-        self,
-        successes: Sequence[Success],
-        indexes: list[int],
-        outcomes: dict[int, tuple[Job | None, Following]],
-    ) -> list[int]:
-        """One transaction recording `successes[i]` for `i` in `indexes` (in queue
-        order) into `outcomes`; returns those left for another (their rows were busy)."""
-        started = time.monotonic()
-        recorded: dict[int, tuple[Job | None, Following]] = {}
-        busy: list[int] = []
-        with self.where.db.transaction() as conn:
-            writes = Deferred()
-            for index in indexes:
-                success = successes[index]
-                if success.first is None:
-                    success.first = started
-                outcome = self._success(conn, success, started, writes, wait=not recorded)
-                if outcome is None:
-                    busy.append(index)
-                else:
-                    recorded[index] = outcome
-            writes.flush(conn)
-        outcomes.update(recorded)  # once committed: a retry starts over
-        return busy
+        return in_queue_order(
+            self.where.db,
+            successes,
+            lambda success: success.claim.job.queue,
+            self._success,
+            max_seconds=RECORD_PATIENCE,
+        )
 
     def _success(
-        self, conn: Connection, success: Success, started: float, writes: Deferred, *, wait: bool
-    ) -> tuple[Job | None, Following] | None:
+        self, conn: Connection, success: Success, started: float, writes: Deferred, wait: bool
+    ) -> tuple[Job | None, Following] | Left:
         """Record one success in the transaction of `conn`, holding its writes back in
-        `writes`. Without `wait`, None when its queue's row is busy: nothing was done."""
+        `writes`. Without `wait`, `LEFT` when its queue's row is busy: nothing was done."""
         where, book = self.where, self.book
         claim, result, claim_next = success.claim, success.result, success.claim_next
         job, passing = claim.job, success.passing
         lock = book.lock_with_job if wait else book.try_lock_with_job
         locked = lock(conn, where.scope, job.queue, job.id, whole_next=claim_next, narrow=True)
         if locked is None:
-            return None
+            return LEFT
         stored = locked.job  # only NARROW_JOB
         if stored is None or stored["claim_token"] != claim.token:
             return None, None  # claimed again since (or deleted)
