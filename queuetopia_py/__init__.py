@@ -37,6 +37,7 @@ from queuetopia_py._options import Options
 from queuetopia_py._performer import Performer
 from queuetopia_py._progress import report_progress
 from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._sources import RowSource, backfill_source, install_source, uninstall_source
 from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status, Suspension
 from queuetopia_py.events import Event, EventKind, Subscription
 from queuetopia_py.migrations import migrate
@@ -76,12 +77,16 @@ __all__ = [
     "QueueStatus",
     "Queuetopia",
     "QueuetopiaError",
+    "RowSource",
     "RunningAttempt",
     "SchemaMissingError",
     "Status",
     "Subscription",
     "Suspension",
     "WaitTimeoutError",
+    "backfill_source",
+    "install_source",
     "migrate",
     "report_progress",
+    "uninstall_source",
 ]

@@ -24,6 +24,7 @@ from queuetopia_py._job import (
     validate_name,
 )
 from queuetopia_py._performer import Performer, is_async
+from queuetopia_py._sources import RowSource
 
 # The largest `max_params_bytes` accepted: 64 MiB. (MariaDB and MySQL also refuse a
 # statement longer than their `max_allowed_packet`, 16 MiB by default.)
@@ -57,6 +58,7 @@ class Options:
     lock_lease: timedelta = defaults.LOCK_LEASE
     statement_timeout: timedelta = defaults.STATEMENT_TIMEOUT
     max_params_bytes: int = defaults.MAX_PARAMS_BYTES
+    source: RowSource | None = None
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -115,6 +117,9 @@ class Options:
             raise ConfigurationError(
                 f"executor: must be 'thread' or 'process' (got {values['executor']!r})"
             )
+        source = values.get("source")
+        if source is not None and not isinstance(source, RowSource):
+            raise ConfigurationError(f"source: must be a RowSource (got {source!r})")
         performer = values.get("performer")
         if performer is not None and not (
             isinstance(performer, Performer)

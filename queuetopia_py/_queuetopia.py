@@ -50,6 +50,7 @@ from queuetopia_py._options import Options
 from queuetopia_py._performer import is_async
 from queuetopia_py._scheduler import RunState, Scheduler
 from queuetopia_py._schema import build_tables
+from queuetopia_py._sources import check_installed
 from queuetopia_py._status import Status, Suspension
 from queuetopia_py._store.aio import AsyncCalls
 from queuetopia_py._store.announcements import MAX_QUEUES_ANNOUNCED, channel
@@ -817,6 +818,7 @@ class Queuetopia:
         if performer is None:
             raise ConfigurationError("performer: required to start the scheduler")
         check_schema(self._db)
+        check_installed(self._db, self.options, type(self).__qualname__)
         self._hint_other_scopes()
         instance = performer() if isinstance(performer, type) else performer
         # An async performer's attempts (with the thread executor) and hooks run there.

@@ -66,3 +66,61 @@ def test_up_and_down_work_from_a_users_alembic_revision(db_url: str, tmp_path: P
         assert current_version(conn) == 0
         assert not sa.inspect(conn).has_table("queuetopia_jobs")
     engine.dispose()
+
+
+SOURCE_REVISION = '''
+"""photos, a row-sourced queue"""
+import sqlalchemy as sa
+from alembic import op
+from queuetopia_py import Queuetopia, RowSource, install_source, uninstall_source
+
+revision = "0002"
+down_revision = "0001"
+
+photos = sa.Table(
+    "photos", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True, autoincrement=False)
+)
+
+
+class Photos(Queuetopia, repo="sqlite://", scope="photos", source=RowSource(photos)):
+    pass
+
+
+def upgrade() -> None:
+    photos.create(op.get_bind())
+    install_source(op.get_bind(), Photos)
+
+
+def downgrade() -> None:
+    uninstall_source(op.get_bind(), Photos)
+    photos.drop(op.get_bind())
+'''
+
+
+def test_a_row_source_is_installed_and_removed_by_a_users_alembic_revision(
+    db_url: str, tmp_path: Path
+) -> None:
+    config = _alembic(tmp_path / "alembic", db_url)
+    (tmp_path / "alembic" / "versions" / "0002_photos.py").write_text(SOURCE_REVISION)
+    photos = sa.table("photos", sa.column("id"))
+    command.upgrade(config, "head")
+    command.upgrade(config, "head")  # nothing left to do
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(photos.insert().values(id=1))
+        assert [j.params for j in Queuetopia(repo=engine, scope="photos").list_jobs()] == [
+            {"id": 1}
+        ]
+        command.downgrade(config, "0001")
+        with engine.begin() as conn:
+            photos_exists = sa.inspect(conn).has_table("photos")
+            triggers = conn.execute(
+                sa.text("SELECT count(*) FROM information_schema.triggers")
+                if engine.dialect.name != "sqlite"
+                else sa.text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")
+            ).scalar_one()
+        assert not photos_exists
+        assert triggers == 0
+    finally:
+        engine.dispose()

@@ -31,14 +31,18 @@ EXPECTED = {
     "QueueStatus",
     "Queuetopia",
     "QueuetopiaError",
+    "RowSource",
     "RunningAttempt",
     "SchemaMissingError",
     "Status",
     "Subscription",
     "Suspension",
     "WaitTimeoutError",
+    "backfill_source",
+    "install_source",
     "migrate",
     "report_progress",
+    "uninstall_source",
 }
 
 
