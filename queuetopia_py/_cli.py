@@ -15,6 +15,8 @@ Operating the queues of a database (`--repo URL` or QUEUETOPIA_REPO, `--json` fo
     $ queuetopia suspend [QUEUE] --scope S          # resume [QUEUE] --scope S
     $ queuetopia cancel 42 | abort 42 | retry 42 [--reason R] [--by B]
     $ queuetopia cleanup --scope S [--older-than SECONDS] [--include-ended]
+    $ queuetopia rows list                          # row sources installed, and their state
+    $ queuetopia rows install|uninstall|backfill|check myapp.jobs:ClassifyPhotos
 
 Every option can also be given as an environment variable named after the command and
 the option, e.g. `QUEUETOPIA_WORKER_REPO` for `queuetopia worker --repo`; the operations
@@ -23,6 +25,7 @@ commands share QUEUETOPIA_REPO and QUEUETOPIA_PREFIX.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -58,6 +61,7 @@ from queuetopia_py._cli_tables import (
     render_jobs,
     render_jobs_page,
     render_queues,
+    render_table,
     report_text,
 )
 from queuetopia_py._errors import (
@@ -70,6 +74,13 @@ from queuetopia_py._errors import (
 )
 from queuetopia_py._job import MAX_DURATION, STORED_STATES, Job, Page
 from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._sources import (
+    backfill_source,
+    install_source,
+    installed_sources,
+    problem_of,
+    uninstall_source,
+)
 from queuetopia_py._store.database import sqlite_file, translate
 from queuetopia_py.migrations import LATEST, current_version, migrate
 
@@ -1167,6 +1178,114 @@ def cleanup_command(
             f"deleted {deleted} {noun} of scope {scope} {which} more than "
             f"{fmt_duration(retention)} ago"
         )
+
+
+# -- row sources -------------------------------------------------------------------------
+
+
+@cli.group("rows")
+def rows_group() -> None:
+    """Row-sourced queues: the triggers that make an application's rows jobs."""
+
+
+@rows_group.command("list")
+@ops_options
+def rows_list_command(repo: str, prefix: str, as_json: bool) -> None:
+    """List the row sources installed in the database: scope, table, event, whether the
+    trigger is enabled, and the pending jobs and blocked queues of the scope."""
+    with ops_errors(repo, prefix):
+        _refuse_missing_sqlite_file(repo, prefix)
+        reports = installed_sources(repo, prefix)
+    if as_json:
+        echo_json({"sources": [dataclasses.asdict(report) for report in reports]})
+        return
+    if not reports:
+        click.echo("no row source installed")
+        return
+    rows = [
+        (
+            r.scope or "?",
+            r.table,
+            r.event or "?",
+            "enabled" if r.enabled else "DISABLED",
+            str(r.pending),
+            str(r.blocked),
+            r.trigger,
+        )
+        for r in reports
+    ]
+    headers = ("scope", "table", "on", "trigger state", "pending", "blocked", "trigger")
+    styles = [None if r.enabled else "bold red" for r in reports]
+    echo_report([render_table(headers, rows, styles, width=terminal_width(), shrink=("scope",))])
+
+
+def _source_command(command: F) -> F:
+    """The argument and option of a command on one class's source."""
+    command = click.option(
+        "--repo",
+        metavar="URL",
+        default=None,
+        envvar="QUEUETOPIA_REPO",
+        show_envvar=True,
+        help="Database URL (default: the class's repo).",
+    )(command)
+    return click.argument("queue_class", metavar="MODULE:CLASS", callback=_queue_class_callback)(
+        command
+    )
+
+
+def _repo_of(queue_class: type[Queuetopia], repo: str | None) -> str | sa.URL | sa.Engine:
+    given = repo if repo is not None else queue_class._class_options.get("repo")
+    if given is None:
+        raise click.UsageError(f"{queue_class.__qualname__} has no repo: give --repo URL")
+    return given
+
+
+@rows_group.command("install")
+@_source_command
+def rows_install_command(queue_class: type[Queuetopia], repo: str | None) -> None:
+    """Install (or bring up to date) the row source of MODULE:CLASS: from then on, each
+    matching row inserted gets a job in its transaction. Idempotent."""
+    where = _repo_of(queue_class, repo)
+    with expected_errors(None if isinstance(where, sa.Engine) else where):
+        install_source(where, queue_class)
+    click.echo(f"row source of {queue_class.__qualname__} installed")
+
+
+@rows_group.command("uninstall")
+@_source_command
+def rows_uninstall_command(queue_class: type[Queuetopia], repo: str | None) -> None:
+    """Remove the row source of MODULE:CLASS (its jobs stay). Idempotent."""
+    where = _repo_of(queue_class, repo)
+    with expected_errors(None if isinstance(where, sa.Engine) else where):
+        uninstall_source(where, queue_class)
+    click.echo(f"row source of {queue_class.__qualname__} removed")
+
+
+@rows_group.command("backfill")
+@_source_command
+def rows_backfill_command(queue_class: type[Queuetopia], repo: str | None) -> None:
+    """Create jobs, in primary-key order, for the matching rows of MODULE:CLASS's source
+    table that have none (rows inserted before the source was installed)."""
+    where = _repo_of(queue_class, repo)
+    with expected_errors(None if isinstance(where, sa.Engine) else where):
+        created = backfill_source(where, queue_class)
+    click.echo(f"created {created} {'job' if created == 1 else 'jobs'}")
+
+
+@rows_group.command("check")
+@_source_command
+def rows_check_command(queue_class: type[Queuetopia], repo: str | None) -> None:
+    """Exit with status 1, saying why, unless the row source of MODULE:CLASS is installed
+    as the class defines it, and enabled (what starting a worker checks)."""
+    where = _repo_of(queue_class, repo)
+    with expected_errors(None if isinstance(where, sa.Engine) else where):
+        problem = problem_of(where, queue_class)
+    if problem is not None:
+        raise click.ClickException(
+            f"{problem}: run `queuetopia rows install MODULE:{queue_class.__qualname__}`"
+        )
+    click.echo(f"row source of {queue_class.__qualname__} installed as defined")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -276,7 +277,7 @@ def check_installed(db: Database, options: Options, owner: str) -> None:
     if problem is not None:
         raise ConfigurationError(
             f"source: {problem}: run queuetopia_py.install_source(url, {owner})"
-            f" (or `queuetopia rows install MODULE:{owner} --url URL`)"
+            f" (or `queuetopia rows install MODULE:{owner}`)"
         )
 
 
@@ -373,3 +374,52 @@ def _backfill_select(db: Database, spec: SourceSpec, where: Any) -> sa.Select[An
         .order_by(*table.primary_key.columns)
         .limit(_BACKFILL_BATCH)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SourceReport:
+    """An installed source trigger, as `queuetopia rows list` shows it: where it is, and
+    how the queues of its scope stand (pending jobs, and queues blocked by a failing
+    head)."""
+
+    scope: str | None
+    table: str
+    event: str
+    trigger: str
+    enabled: bool
+    pending: int
+    blocked: int
+
+
+def installed_sources(repo: str | URL | Engine, prefix: str) -> list[SourceReport]:
+    """The source triggers installed in the database of `repo` for these tables."""
+    with _connected(repo, prefix) as (conn, db):
+        found = installed(conn, db.tables)
+        queues = db.tables.queues
+        scopes = sorted({f.scope for f in found if f.scope is not None})
+        counts = {
+            scope: (int(pending or 0), int(blocked or 0))
+            for scope, pending, blocked in conn.execute(
+                sa.select(
+                    queues.c.scope,
+                    sa.func.sum(queues.c.pending),
+                    sa.func.count(queues.c.blocked_since),
+                )
+                .where(queues.c.scope.in_(scopes))
+                .group_by(queues.c.scope)
+            )
+        }
+    return [
+        SourceReport(
+            f.scope, f.table, f.event, f.name, f.enabled, *counts.get(f.scope or "", (0, 0))
+        )
+        for f in found
+    ]
+
+
+def problem_of(repo: Repo, queue: type[Queuetopia] | Queuetopia) -> str | None:
+    """What stops `queue`'s source from being used as defined (None: nothing), as
+    `start` would say it."""
+    spec, prefix = _spec_of(queue)
+    with _connected(repo, prefix) as (conn, db):
+        return source_problem(db, spec, installed(conn, db.tables))

@@ -3,14 +3,17 @@ the source's scope, created in the inserting transaction by the installed trigge
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from recording import Recorder
 
 from queuetopia_py import (
@@ -24,6 +27,7 @@ from queuetopia_py import (
     install_source,
     uninstall_source,
 )
+from queuetopia_py._cli import cli
 from queuetopia_py._store.database import create_engine
 
 metadata = sa.MetaData()
@@ -434,3 +438,52 @@ def test_a_user_without_the_trigger_privilege_is_told_the_fix(
     finally:
         with app.begin() as conn:
             conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+
+
+ROWS_APP = """
+import sqlalchemy as sa
+from queuetopia_py import Queuetopia, RowSource
+
+photos = sa.Table(
+    "photos", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("album_id", sa.Integer), sa.Column("tag", sa.String(50)),
+)
+
+class Photos(Queuetopia, scope="cli-photos", source=RowSource(photos, key="album_id")):
+    pass
+"""
+
+
+def test_the_rows_commands(
+    app: sa.Engine, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = f"rows_app_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(ROWS_APP)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def rows(*args: str) -> Result:
+        return runner.invoke(cli, ["rows", *args, "--repo", url], catch_exceptions=False)
+
+    target = f"{module}:Photos"
+    missing = rows("check", target)
+    assert missing.exit_code == 1
+    assert "is not installed" in missing.output and "queuetopia rows install" in missing.output
+    assert rows("list").output.strip() == "no row source installed"
+    insert(app, photos, photo(1, album=4))  # before the source: left to the backfill
+
+    assert rows("install", target).exit_code == 0
+    assert rows("check", target).exit_code == 0
+    insert(app, photos, photo(2, album=4))
+    listed = rows("list")
+    assert listed.exit_code == 0
+    assert "cli-photos" in listed.output and "photos" in listed.output
+    assert "enabled" in listed.output
+    (source,) = json.loads(rows("list", "--json").output)["sources"]
+    assert (source["scope"], source["table"], source["event"]) == ("cli-photos", "photos", "insert")
+    assert (source["enabled"], source["pending"], source["blocked"]) == (True, 1, 0)
+
+    assert rows("backfill", target).output.strip() == "created 1 job"
+    assert rows("backfill", target).output.strip() == "created 0 jobs"
+    assert rows("uninstall", target).exit_code == 0
+    assert rows("list").output.strip() == "no row source installed"
