@@ -68,8 +68,10 @@ class Cluster:
 
     # -- nodes -----------------------------------------------------------------------------
 
-    def start_node(self, *, executor: str = "thread", max_concurrency: int = 10) -> Node:
-        """Start a node process (see `wait_ready`)."""
+    def start_node(
+        self, *, executor: str = "thread", max_concurrency: int = 10, extra: tuple[str, ...] = ()
+    ) -> Node:
+        """Start a node process (see `wait_ready`); `extra`: more arguments of node.py."""
         index = len(self.nodes)
         stderr_path = self.tmp_path / f"node-{index}.stderr"
         command = [
@@ -89,6 +91,7 @@ class Cluster:
             executor,
             "--exit-with",
             str(os.getpid()),
+            *extra,
         ]
         return self.spawn(command, stderr_path, executor)
 

@@ -8,8 +8,11 @@ finish and are recorded), appends a "stopped" line and exits 0.
 
 The performer appends "start" and "end" lines to the history around each attempt (see
 history.py). Job params drive it: `seq` (position in its queue, for the record), `work`
-(seconds to sleep), `block_first` (seconds to sleep instead on the job's first attempt,
-to be killed meanwhile).
+(seconds to sleep, default `--work`), `block_first` (seconds to sleep instead on the job's
+first attempt, to be killed meanwhile).
+
+With `--row-source`, the node runs `RowQueue` instead: the same scope fed by the rows of
+`photos` (see row_app.py), one queue per album.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ import sys
 import threading
 import time
 
+import sqlalchemy as sa
 from history import append_event
 
-from queuetopia_py import Job, Performer, Queuetopia
+from queuetopia_py import Job, Performer, Queuetopia, RowSource
 
 # Read by the performer, in this process or in the worker processes it spawns (which
 # inherit the environment).
 LOG_ENV = "QUEUETOPIA_SYSTEM_HISTORY"
 NODE_ENV = "QUEUETOPIA_SYSTEM_NODE_PID"
+WORK_ENV = "QUEUETOPIA_SYSTEM_WORK"
 
 
 class HistoryPerformer(Performer):
@@ -47,13 +52,29 @@ class HistoryPerformer(Performer):
         }
         append_event(path, "start", **line)
         block = job.params.get("block_first")
-        time.sleep(block if block and job.attempts == 1 else job.params.get("work", 0.0))
+        work = job.params.get("work", float(os.environ.get(WORK_ENV, "0")))
+        time.sleep(block if block and job.attempts == 1 else work)
         append_event(path, "end", **line, ok=True)
         return None
 
 
 class SystemQueue(Queuetopia, performer=HistoryPerformer):
     """The scope the system tests run; repo, scope and the rest come from the arguments."""
+
+
+#: The application's table of the row-sourced system test: each row is a job in the
+#: queue of its album.
+PHOTOS = sa.Table(
+    "photos",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("album_id", sa.Integer, nullable=False),
+)
+
+
+class RowQueue(SystemQueue, source=RowSource(PHOTOS, key="album_id"), timeout=2):
+    """`SystemQueue` fed by the rows of `PHOTOS` (its jobs time out after 2 s, so that a
+    killed node's locks expire 3 s after they were taken)."""
 
 
 def setup_node_process(log: str) -> threading.Event:
@@ -84,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=0.1)
     parser.add_argument("--max-concurrency", type=int, default=10)
     parser.add_argument("--executor", choices=("thread", "process"), default="thread")
+    parser.add_argument("--work", type=float, default=0.0, help="seconds a job works")
+    parser.add_argument("--row-source", action="store_true", help="run RowQueue")
     parser.add_argument("--stop-timeout", type=float, default=60.0)
     parser.add_argument(
         "--exit-with", type=int, default=None, help="stop when this parent process is gone"
@@ -91,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stopping = setup_node_process(args.log)
+    os.environ[WORK_ENV] = str(args.work)
 
-    queue = SystemQueue(
+    queue = (RowQueue if args.row_source else SystemQueue)(
         repo=args.repo,
         scope=args.scope,
         poll_interval=args.poll_interval,
