@@ -4,6 +4,8 @@ the source's scope, created in the inserting transaction by the installed trigge
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -487,3 +489,23 @@ def test_the_rows_commands(
     assert rows("backfill", target).output.strip() == "created 0 jobs"
     assert rows("uninstall", target).exit_code == 0
     assert rows("list").output.strip() == "no row source installed"
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "photos.py"
+
+
+def test_the_example_classifies_each_album_in_order(db_url: str) -> None:
+    finished = subprocess.run(
+        [sys.executable, str(EXAMPLE), db_url], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert [line for line in lines if line.startswith("photos:1:")] == [
+        "photos:1: photo 1 (old cat) tagged cat",
+        "photos:1: photo 2 (cat on a mat) tagged cat",
+        "photos:1: photo 4 (fjord) tagged landscape",
+    ]
+    assert [line for line in lines if line.startswith("photos:2:")] == [
+        "photos:2: photo 3 (alps) tagged landscape"
+    ]
+    assert lines[-1] == "tags: 1=cat, 2=cat, 3=landscape, 4=landscape, 5=done"
