@@ -299,9 +299,12 @@ class SourceDDL:
             body = self.body(event)
             if tag in body:
                 raise ValueError(f"the source's condition may not contain {tag}")
+            # The body names the queuetopia tables as installing found them, whatever
+            # the search_path of the session that inserts.
             return [
-                f"CREATE OR REPLACE FUNCTION {quoted}() RETURNS trigger LANGUAGE plpgsql AS"
-                f" {tag}\n{self._description(event)}\n{body}\n{tag}",
+                f"CREATE OR REPLACE FUNCTION {quoted}() RETURNS trigger LANGUAGE plpgsql"
+                f" SET search_path FROM CURRENT AS {tag}\n"
+                f"{self._description(event)}\n{body}\n{tag}",
                 *drops,
                 f"CREATE TRIGGER {quoted} AFTER {when} ON {table} FOR EACH ROW"
                 f" EXECUTE FUNCTION {quoted}()",

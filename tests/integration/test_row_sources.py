@@ -337,11 +337,10 @@ def test_start_is_refused_until_the_source_is_installed_as_defined(
     assert job.timeout == timedelta(seconds=5)
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
 def test_start_is_refused_while_the_trigger_is_disabled(
     app: sa.Engine, make_queue: Callable[..., Queuetopia], backend: str
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("only PostgreSQL can disable a trigger")
     queue = source_queue(make_queue, by_album(), performer=Recorder())
     with app.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE photos DISABLE TRIGGER ALL")
@@ -399,11 +398,10 @@ def test_source_options_are_checked(url: str) -> None:
         install_source(url, Queuetopia)
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_rows_job_starts_at_once_on_postgresql(
     app: sa.Engine, make_queue: Callable[..., Queuetopia], backend: str
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     recorder = Recorder()
     # A poll a minute: a row picked up within seconds was announced by its trigger.
     queue = source_queue(make_queue, by_album(), performer=recorder, poll_interval=60)
@@ -416,11 +414,10 @@ def test_a_rows_job_starts_at_once_on_postgresql(
     recorder.wait(lambda r: any(j.queue == "photos:1" for j in r.finished), timeout=10)
 
 
+@pytest.mark.parametrize("backend", ["mariadb"])
 def test_a_user_without_the_trigger_privilege_is_told_the_fix(
     app: sa.Engine, url: str, backend: str
 ) -> None:
-    if backend != "mariadb":
-        pytest.skip("MariaDB's privileges")
     user = f"qt_{uuid.uuid4().hex[:8]}"
     database = sa.make_url(url).database
     with app.begin() as conn:
