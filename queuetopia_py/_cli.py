@@ -414,6 +414,7 @@ def demo_command(path: str | None, log_level: str) -> None:
 # -- operations: queues, jobs, suspend/resume, cancel/abort/retry, cleanup ------------------
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class JobId(click.ParamType[int]):
@@ -1234,11 +1235,16 @@ def _source_command(command: F) -> F:
     )
 
 
-def _repo_of(queue_class: type[Queuetopia], repo: str | None) -> str | sa.URL | sa.Engine:
+def _on_source(
+    action: Callable[[Any, type[Queuetopia]], T], queue_class: type[Queuetopia], repo: str | None
+) -> T:
+    """`action(repo, queue_class)` on `--repo` or the class's repo, its errors made one-line
+    messages."""
     given = repo if repo is not None else queue_class._class_options.get("repo")
     if given is None:
         raise click.UsageError(f"{queue_class.__qualname__} has no repo: give --repo URL")
-    return given
+    with expected_errors(None if isinstance(given, sa.Engine) else given):
+        return action(given, queue_class)
 
 
 @rows_group.command("install")
@@ -1246,9 +1252,7 @@ def _repo_of(queue_class: type[Queuetopia], repo: str | None) -> str | sa.URL | 
 def rows_install_command(queue_class: type[Queuetopia], repo: str | None) -> None:
     """Install (or bring up to date) the row source of MODULE:CLASS: from then on, each
     matching row inserted gets a job in its transaction. Idempotent."""
-    where = _repo_of(queue_class, repo)
-    with expected_errors(None if isinstance(where, sa.Engine) else where):
-        install_source(where, queue_class)
+    _on_source(install_source, queue_class, repo)
     click.echo(f"row source of {queue_class.__qualname__} installed")
 
 
@@ -1256,9 +1260,7 @@ def rows_install_command(queue_class: type[Queuetopia], repo: str | None) -> Non
 @_source_command
 def rows_uninstall_command(queue_class: type[Queuetopia], repo: str | None) -> None:
     """Remove the row source of MODULE:CLASS (its jobs stay). Idempotent."""
-    where = _repo_of(queue_class, repo)
-    with expected_errors(None if isinstance(where, sa.Engine) else where):
-        uninstall_source(where, queue_class)
+    _on_source(uninstall_source, queue_class, repo)
     click.echo(f"row source of {queue_class.__qualname__} removed")
 
 
@@ -1267,9 +1269,7 @@ def rows_uninstall_command(queue_class: type[Queuetopia], repo: str | None) -> N
 def rows_backfill_command(queue_class: type[Queuetopia], repo: str | None) -> None:
     """Create jobs, in primary-key order, for the matching rows of MODULE:CLASS's source
     table that have none (rows inserted before the source was installed)."""
-    where = _repo_of(queue_class, repo)
-    with expected_errors(None if isinstance(where, sa.Engine) else where):
-        created = backfill_source(where, queue_class)
+    created = _on_source(backfill_source, queue_class, repo)
     click.echo(f"created {created} {'job' if created == 1 else 'jobs'}")
 
 
@@ -1278,9 +1278,7 @@ def rows_backfill_command(queue_class: type[Queuetopia], repo: str | None) -> No
 def rows_check_command(queue_class: type[Queuetopia], repo: str | None) -> None:
     """Exit with status 1, saying why, unless the row source of MODULE:CLASS is installed
     as the class defines it, and enabled (what starting a worker checks)."""
-    where = _repo_of(queue_class, repo)
-    with expected_errors(None if isinstance(where, sa.Engine) else where):
-        problem = problem_of(where, queue_class)
+    problem = _on_source(problem_of, queue_class, repo)
     if problem is not None:
         raise click.ClickException(
             f"{problem}: run `queuetopia rows install MODULE:{queue_class.__qualname__}`"
