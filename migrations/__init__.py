@@ -13,7 +13,7 @@ import importlib
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from queuetopia_py import defaults
 from queuetopia_py._errors import ConfigurationError, DatabaseError
 from queuetopia_py._schema import check_prefix
+from queuetopia_py._store.database import named_lock
 
 if TYPE_CHECKING:  # alembic loads only when migrating: worker processes stay light
     from alembic.operations import Operations
@@ -145,29 +146,9 @@ def _unbounded(connection: Connection) -> None:
         connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
 
 
-@contextmanager
-def _migration_lock(connection: Connection, prefix: str) -> Iterator[None]:
+def _migration_lock(connection: Connection, prefix: str) -> AbstractContextManager[None]:
     """Serialize concurrent `migrate` calls (several nodes starting at once)."""
-    name = f"queuetopia_migrate_{prefix}"
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        _unbounded(connection)  # another migration may hold the lock for long
-        connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        try:
-            yield
-        finally:
-            connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    elif dialect in ("mysql", "mariadb"):
-        got = connection.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": name}).scalar()
-        if got != 1:
-            raise DatabaseError(f"migrate: another migration held the lock {name!r} for 60 s")
-        try:
-            yield
-        finally:
-            connection.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
-    else:
-        yield  # SQLite: BEGIN IMMEDIATE already serializes writers
+    return named_lock(connection, f"queuetopia_migrate_{prefix}", "migrate: another migration")
 
 
 def migrate(

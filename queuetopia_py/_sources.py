@@ -9,6 +9,7 @@ docs/row-sources.md.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from sqlalchemy.sql import visitors
 from queuetopia_py._errors import ConfigurationError
 from queuetopia_py._job import NewJob, to_on_failure
 from queuetopia_py._schema import build_tables
-from queuetopia_py._store.database import Database, create_engine, translate
+from queuetopia_py._store.database import Database, create_engine, named_lock, translate
 from queuetopia_py._store.sources import (
     EVENTS,
     Installed,
@@ -317,37 +318,68 @@ def _trigger_problem(
 def backfill_source(repo: Repo, queue: type[Queuetopia] | Queuetopia, where: Any = None) -> int:
     """Create jobs, in primary-key order, for the rows of `queue`'s source table that
     match its `when` (and `where`, a boolean expression over the table) and have no job
-    of the scope; return how many. Running it again creates nothing more. A row whose
-    job was done and then deleted by the cleaner counts as never having had one: run it
-    right after `install_source`."""
-    from queuetopia_py._store.jobs import JobStore
-
+    of the scope; return how many. Running it again creates nothing more, and backfills
+    of one scope take turns. A row whose job was done and then deleted by the cleaner
+    counts as never having had one: run it right after `install_source`. With a
+    `Connection`, every job is created in its transaction; otherwise a thousand rows a
+    transaction."""
     spec, prefix = _spec_of(queue)
     if where is not None:
         where = _when(spec.table, where)
+    if isinstance(repo, Connection):
+        db = Database(repo.engine, build_tables(prefix))
+        _check_tables(repo, db)
+        return _backfill(repo, db, spec, where, limit=None)
+    engine = repo if isinstance(repo, Engine) else create_engine(repo)
+    db = Database(engine, build_tables(prefix))
+    digest = hashlib.sha256(spec.scope.encode("utf-8")).hexdigest()[:12]
     created = 0
-    while True:
-        with _connected(repo, prefix) as (conn, db):
+    try:
+        with (
+            engine.connect() as conn,
+            named_lock(conn, f"queuetopia_backfill_{prefix}{digest}", "another backfill"),
+        ):
+            conn.commit()
             _check_tables(conn, db)
-            rows = conn.execute(_backfill_select(db, spec, where)).all()
-            news = [
-                NewJob(
-                    queue=queue_name,
-                    action=spec.table.name,
-                    params=params,
-                    timeout=spec.timeout,
-                    max_backoff=spec.max_backoff,
-                    max_attempts=spec.max_attempts,
-                    scheduled_at=None,
-                    on_failure=to_on_failure(spec.on_failure)[0],
-                    dead_letter_queue=spec.dead_letter_queue,
-                )
-                for queue_name, params in rows
-            ]
-            JobStore(db, spec.scope).create(conn, news, origin="backfill")
-        created += len(news)
-        if len(rows) < _BACKFILL_BATCH:
-            return created
+            conn.commit()
+            while True:
+                with conn.begin():
+                    batch = _backfill(conn, db, spec, where, limit=_BACKFILL_BATCH)
+                created += batch
+                if batch < _BACKFILL_BATCH:
+                    return created
+    except sa.exc.DBAPIError as exc:
+        raise translate(exc) from exc
+    finally:
+        if not isinstance(repo, Engine):
+            engine.dispose()
+
+
+def _backfill(
+    conn: Connection, db: Database, spec: SourceSpec, where: Any, *, limit: int | None
+) -> int:
+    """Create the jobs of up to `limit` rows without one (None: all) in `conn`'s
+    transaction; how many."""
+    from queuetopia_py._store.jobs import JobStore
+
+    rows = conn.execute(_backfill_select(db, spec, where).limit(limit)).all()
+    on_failure = to_on_failure(spec.on_failure)[0]
+    news = [
+        NewJob(
+            queue=queue_name,
+            action=spec.table.name,
+            params=params,
+            timeout=spec.timeout,
+            max_backoff=spec.max_backoff,
+            max_attempts=spec.max_attempts,
+            scheduled_at=None,
+            on_failure=on_failure,
+            dead_letter_queue=spec.dead_letter_queue,
+        )
+        for queue_name, params in rows
+    ]
+    JobStore(db, spec.scope).create(conn, news, origin="backfill")
+    return len(news)
 
 
 def _backfill_select(db: Database, spec: SourceSpec, where: Any) -> sa.Select[Any]:
@@ -369,10 +401,7 @@ def _backfill_select(db: Database, spec: SourceSpec, where: Any) -> sa.Select[An
     if where is not None:
         conditions.append(where)
     return (
-        sa.select(queue, ddl.params_of(row))
-        .where(*conditions)
-        .order_by(*table.primary_key.columns)
-        .limit(_BACKFILL_BATCH)
+        sa.select(queue, ddl.params_of(row)).where(*conditions).order_by(*table.primary_key.columns)
     )
 
 

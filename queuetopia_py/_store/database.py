@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -103,6 +104,34 @@ def normalize_url(url: str | URL) -> URL:
     if "+" not in parsed.drivername and parsed.drivername in _DEFAULT_DRIVERS:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
     return parsed
+
+
+@contextmanager
+def named_lock(connection: Connection, name: str, holder: str) -> Iterator[None]:
+    """Hold the database-wide lock `name` (at most 64 characters) on `connection` for the
+    block, across its transactions: one holder at a time in every process. `holder` says
+    who held it in the error raised after 60 s of waiting on MariaDB/MySQL. On SQLite
+    nothing is taken: `BEGIN IMMEDIATE` transactions already take turns."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        # The holder may keep it for long: no statement timeout while waiting for it.
+        connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    elif dialect in ("mysql", "mariadb"):
+        got = connection.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": name}).scalar()
+        if got != 1:
+            raise DatabaseError(f"{holder} held the lock {name!r} for 60 s")
+        try:
+            yield
+        finally:
+            connection.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+    else:
+        yield
 
 
 def create_engine(

@@ -378,6 +378,45 @@ def test_backfill_enqueues_existing_rows_in_primary_key_order_once(
     assert [j.params["id"] for j in queue.list_jobs(queue="photos:2")] == [7]
 
 
+def test_backfills_at_the_same_time_take_turns(
+    app: sa.Engine, make_queue: Callable[..., Queuetopia]
+) -> None:
+    rows = 2_500  # three transactions of a backfill each
+    with app.begin() as conn:
+        conn.execute(photos.insert(), [photo(i, album=i % 3) for i in range(1, rows + 1)])
+    queue = source_queue(make_queue, by_album())
+    counts: list[int] = []
+    both_ready = threading.Barrier(2)
+
+    def backfill() -> None:
+        both_ready.wait()
+        counts.append(backfill_source(queue.engine, queue))
+
+    threads = [threading.Thread(target=backfill) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(counts) == [0, rows] or sum(counts) == rows, counts
+    for album in range(3):
+        ids = [j.params["id"] for j in queue.list_jobs(queue=f"photos:{album}")]
+        assert ids == [i for i in range(1, rows + 1) if i % 3 == album]
+
+
+def test_a_backfill_on_a_connection_joins_its_transaction(
+    app: sa.Engine, make_queue: Callable[..., Queuetopia]
+) -> None:
+    insert(app, photos, photo(1), photo(2))
+    queue = source_queue(make_queue, by_album())
+    with app.connect() as conn:
+        assert backfill_source(conn, queue) == 2
+        conn.rollback()
+    assert queue.list_jobs() == []
+    with app.begin() as conn:
+        assert backfill_source(conn, queue) == 2
+    assert [j.params["id"] for j in queue.list_jobs()] == [1, 2]
+
+
 def test_source_options_are_checked(url: str) -> None:
     bad: list[Callable[[], object]] = [
         lambda: RowSource("photos"),
