@@ -8,12 +8,10 @@ revision's `upgrade()` and `down(op)` in its `downgrade()` instead.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -28,7 +26,12 @@ from queuetopia_py._store.database import named_lock
 if TYPE_CHECKING:  # alembic loads only when migrating: worker processes stay light
     from alembic.operations import Operations
 
-_MODULES = ["v001_initial", "v002_operations", "v003_queues"]
+_MODULES = [
+    "v001_initial",
+    "v002_operations",
+    "v003_queues",
+    "v004_unique_keys",
+]
 
 
 def _versions() -> list[ModuleType]:

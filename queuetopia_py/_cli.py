@@ -892,6 +892,12 @@ def _instant_callback(
     show_default=False,
     help="give_up (default), block, or move_to:QUEUE.",
 )
+@click.option(
+    "--unique-key",
+    default=None,
+    metavar="KEY",
+    help="While a pending job of the scope has this key, print that job instead.",
+)
 @force_option
 @ops_options
 def jobs_create_command(
@@ -904,6 +910,7 @@ def jobs_create_command(
     max_attempts: int | None,
     scheduled_at: datetime | None,
     on_failure: str | None,
+    unique_key: str | None,
     force: bool,
     repo: str,
     prefix: str,
@@ -925,9 +932,12 @@ def jobs_create_command(
             max_attempts=max_attempts,
             scheduled_at=scheduled_at,
             on_failure=on_failure,
+            unique_key=unique_key,
         )
     if as_json:
         echo_json(job_json(job))
+    elif unique_key is not None:  # created now, or pending already
+        click.echo(f"job {job.id} ({job.scope}/{job.queue}, {job.action}) holds key {unique_key}")
     else:
         click.echo(f"created job {job.id} ({job.scope}/{job.queue}, {job.action})")
 

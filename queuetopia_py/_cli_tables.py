@@ -587,6 +587,7 @@ def render_job(job: Job) -> Report:
         ),
         ("timeout", fmt_duration(job.timeout)),
         ("max backoff", fmt_duration(job.max_backoff)),
+        ("unique key", job.unique_key or "-"),
         ("inserted at", fmt_time(job.inserted_at)),
         ("scheduled at", fmt_time(job.scheduled_at)),
         ("attempted at", fmt_time(job.attempted_at)),

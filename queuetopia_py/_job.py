@@ -178,6 +178,8 @@ class JobSummary:
     failing_since: datetime | None = None
     progress: Progress | None = None
     interventions: tuple[Intervention, ...] = ()
+    #: While the job is pending, no other pending job of its scope has this key.
+    unique_key: str | None = None
 
     @property
     def sequence(self) -> int:
@@ -255,6 +257,7 @@ class NewJob:
     dead_letter_queue: str | None = None
     #: The size of `params` as JSON text (0: not measured).
     params_bytes: int = 0
+    unique_key: str | None = None
 
 
 def validate_name(field: str, value: object) -> str:
@@ -406,6 +409,7 @@ def validate_new_job(
     scheduled_at: object,
     on_failure: object = OnFailure.GIVE_UP,
     max_params_bytes: int = defaults.MAX_PARAMS_BYTES,
+    unique_key: object = None,
 ) -> NewJob:
     """Check every argument of `create_job`; raise `InvalidJobError` naming the first bad one."""
     mode, dead_letter = to_on_failure(on_failure)
@@ -423,6 +427,7 @@ def validate_new_job(
         scheduled_at=None if scheduled_at is None else to_utc("scheduled_at", scheduled_at),
         on_failure=mode,
         dead_letter_queue=dead_letter,
+        unique_key=None if unique_key is None else validate_name("unique_key", unique_key),
     )
 
 

@@ -59,7 +59,7 @@ from queuetopia_py._store.cleaner import Cleaner
 from queuetopia_py._store.control import ControlStore
 from queuetopia_py._store.database import Database, check_schema, create_engine, normalize_url
 from queuetopia_py._store.inspection import Inspection
-from queuetopia_py._store.jobs import JobStore
+from queuetopia_py._store.jobs import Created, JobStore
 from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ _JOB_ITEM_KEYS = frozenset(
         "max_attempts",
         "scheduled_at",
         "on_failure",
+        "unique_key",
     }
 )
 # The default scope of `Queuetopia` itself: the name it has had since it was defined in
@@ -236,6 +237,7 @@ class Queuetopia:
         max_attempts: int | None = None,
         scheduled_at: Any = None,
         on_failure: FailureMode | None = None,
+        unique_key: str | None = None,
         connection: Connection | None = None,
     ) -> Job:
         """Store a job at the end of `queue` (created by its first job) and return it.
@@ -244,8 +246,10 @@ class Queuetopia:
         by default it is the database's now. `on_failure` says what happens once it has
         used `max_attempts`: "give_up" (the default, or the `on_failure` option), "block"
         (it stays its queue's head until an operator acts) or `MoveTo("queue")` (it moves
-        to that dead-letter queue). With `connection`, the job is written in the caller's
-        transaction and exists only if the caller commits.
+        to that dead-letter queue). With `unique_key`, while a pending job of the scope
+        (neither done nor ended) has the same key, no job is stored and that job is
+        returned. With `connection`, the job is written in the caller's transaction and
+        exists only if the caller commits.
         Invalid input raises `InvalidJobError` (a `ValueError`) and writes nothing.
 
         >>> queue.create_job("mails_queue_1", "send_mail", {"email_address": "a@b.c"},
@@ -262,6 +266,7 @@ class Queuetopia:
             scheduled_at=scheduled_at,
             on_failure=opts.on_failure if on_failure is None else on_failure,
             max_params_bytes=opts.max_params_bytes,
+            unique_key=unique_key,
         )
         return self._create([new], connection)[0]
 
@@ -272,7 +277,8 @@ class Queuetopia:
 
         Each item is a mapping with the arguments of `create_job`: `queue`, `action`,
         `params`, and optionally `timeout`, `max_backoff`, `max_attempts`,
-        `scheduled_at` and `on_failure`. Jobs of one queue keep the order given. An
+        `scheduled_at`, `on_failure` and `unique_key` (an item whose key a pending job
+        holds, or an earlier item, gets that job). Jobs of one queue keep the order given. An
         invalid item raises `InvalidJobError` naming it (`jobs[3].params: ...`) and
         nothing is written. With `connection`, the jobs join the caller's transaction.
 
@@ -288,18 +294,18 @@ class Queuetopia:
         if connection is not None:
             with self._db.transaction(connection) as conn:
                 created = self._jobs.create(conn, news, origin=self._origin)
-            self._commits.follow(connection, created)
-            return created
+            self._commits.follow(connection, created.new)
+            return created.jobs
 
-        def insert() -> list[Job]:
+        def insert() -> Created:
             if len(news) == 1:
-                return [self._jobs.create_one(news[0], origin=self._origin)]
+                return self._jobs.create_one(news[0], origin=self._origin)
             with self._db.transaction() as conn:
                 return self._jobs.create(conn, news, origin=self._origin)
 
         created = self._db.retrying(insert, conflicts_only=True)
-        self._created(created)
-        return created
+        self._created(created.new)
+        return created.jobs
 
     def _created(self, created: list[Job]) -> None:
         """Tell of jobs that exist now: their events, and their queues offered."""
@@ -340,6 +346,7 @@ class Queuetopia:
                 if item.get("on_failure") is None
                 else item["on_failure"],
                 max_params_bytes=opts.max_params_bytes,
+                unique_key=item.get("unique_key"),
             )
         except InvalidJobError as exc:
             raise InvalidJobError(f"{where}.{exc.field}", exc.value, exc.reason) from None
@@ -617,6 +624,7 @@ class Queuetopia:
         max_attempts: int | None = None,
         scheduled_at: Any = None,
         on_failure: FailureMode | None = None,
+        unique_key: str | None = None,
         connection: AsyncConnection | None = None,
     ) -> Job:
         """`create_job`, awaitable. With `connection` (an `AsyncConnection`), the job is
@@ -634,6 +642,7 @@ class Queuetopia:
             max_attempts=max_attempts,
             scheduled_at=scheduled_at,
             on_failure=on_failure,
+            unique_key=unique_key,
         )
         if connection is not None:
             return await connection.run_sync(lambda conn: create(connection=conn))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Column,
@@ -26,6 +27,10 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
+    event,
+    literal_column,
+    text,
 )
 from sqlalchemy.dialects import mysql, postgresql
 
@@ -155,7 +160,7 @@ class Tables:
 
 
 def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
-    """Describe the tables under `prefix` (validated): schema version 3.
+    """Describe the tables under `prefix` (validated): schema version 4.
 
     `jobs` holds one row a job. `queues` holds one row a queue with pending work (or
     locked): its head job, the head's due time, its pending count, and its lock, kept
@@ -200,12 +205,19 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("dead_letter_queue", name_type(), nullable=True),
         # The claim of the job's latest attempt: fences what that attempt records.
         Column("claim_token", claim_token_type(), nullable=True),
+        # At most one pending job of a scope holds a key (schema version 4).
+        Column("unique_key", name_type(), nullable=True),
         # A queue's jobs in order (its head first), by state.
         Index(f"ix_{prefix}jobs_queue_order", "scope", "queue", "state", "scheduled_at", "id"),
         # A scope's jobs in order, by state: listings and the cleaner.
         Index(f"ix_{prefix}jobs_state_order", "scope", "state", "scheduled_at", "id"),
+        unique_key_index(prefix),
         **table_options(),
     )
+    for statement in unique_key_ddl(prefix):
+        for dialect in _NO_PARTIAL:
+            ddl = DDL(statement).execute_if(dialect=dialect)  # type: ignore[no-untyped-call]
+            event.listen(jobs, "after_create", ddl)
     queues = Table(
         f"{prefix}queues",
         metadata,
@@ -248,6 +260,46 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         **table_options(),
     )
     return Tables(prefix, metadata, jobs, queues, locks, suspensions, schema_version)
+
+
+#: Where a job holds its unique key: while it is pending.
+UNIQUE_HELD = "state = 'pending' AND unique_key IS NOT NULL"
+# The databases without partial indexes: a generated column holds the key of a pending
+# job (NULL otherwise), under a unique index (which ignores NULLs).
+_NO_PARTIAL = ("mysql", "mariadb")
+
+
+def unique_key_index(prefix: str) -> Index:
+    """PostgreSQL and SQLite: the partial unique index on the keys of pending jobs."""
+    return Index(
+        f"ux_{prefix}jobs_unique_key",
+        "scope",
+        "unique_key",
+        unique=True,
+        postgresql_where=text(UNIQUE_HELD),
+        sqlite_where=text(UNIQUE_HELD),
+    ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]
+
+
+def unique_key_ddl(prefix: str) -> list[str]:
+    """MariaDB and MySQL: the statements that add `unique_pending` (the key of a pending
+    job, NULL otherwise) and its unique index, after the `unique_key` column."""
+    jobs = f"{prefix}jobs"
+    return [
+        f"ALTER TABLE {jobs} ADD COLUMN unique_pending VARCHAR({defaults.MAX_NAME_LENGTH})"
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        " AS (CASE WHEN state = 'pending' THEN unique_key END) VIRTUAL",
+        f"CREATE UNIQUE INDEX ux_{prefix}jobs_unique_key ON {jobs} (scope, unique_pending)",
+    ]
+
+
+def unique_held(jobs: Table, dialect: str) -> list[Any]:
+    """Conditions on `jobs` of the pending job holding the key bound as `b_unique_key`,
+    spelled to use the unique index of the dialect."""
+    key = bindparam("b_unique_key", type_=jobs.c.unique_key.type)
+    if dialect in _NO_PARTIAL:
+        return [literal_column("unique_pending") == key]
+    return [jobs.c.unique_key == key, jobs.c.state == "pending", jobs.c.unique_key.is_not(None)]
 
 
 def queue_columns(prefix: str) -> list[Any]:

@@ -148,7 +148,15 @@ class ControlStore:
                 row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()
                 job = row_to_job(row)
                 values = decide(job, locked)
-                conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
+                try:
+                    conn.execute(jobs.update().where(jobs.c.id == job.id).values(**values))
+                except IntegrityError:
+                    # Only a job coming back to pending can break a unique index.
+                    raise JobStateError(
+                        job,
+                        f"job {job.id}'s unique key {job.unique_key!r} is held by another"
+                        " pending job of the scope: it cannot be pending too",
+                    ) from None
                 changed = replace(job, **_job_fields(values))
                 change = int(changed.pending) - int(job.pending)
                 book.sync(conn, self.scope, locked.row, pending_change=change)

@@ -3,16 +3,19 @@ rows), get, list in queue order (by page or by key), count."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
-from queuetopia_py._errors import InvalidJobError
+from queuetopia_py._errors import DatabaseError, InvalidJobError
 from queuetopia_py._job import (
     STORED_STATES,
     Intervention,
@@ -23,7 +26,7 @@ from queuetopia_py._job import (
     OnFailure,
     Progress,
 )
-from queuetopia_py._schema import UtcDateTime, normalize_text
+from queuetopia_py._schema import UNIQUE_HELD, UtcDateTime, normalize_text, unique_held
 from queuetopia_py._store.announcements import Announcement, announce, notify
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.queues import Enqueued, Head, QueueBook
@@ -81,6 +84,7 @@ def _summary_fields(m: Mapping[Any, Any]) -> dict[str, Any]:
         if m["progress_at"] is None
         else Progress(m["progress_message"], m["progress_fraction"], m["progress_at"]),
         "interventions": tuple(Intervention.from_json(i) for i in m["interventions"] or ()),
+        "unique_key": m["unique_key"],
     }
 
 
@@ -166,6 +170,7 @@ def _new_job(scope: str, new: NewJob, row: Sequence[Any]) -> Job:
         inserted_at=inserted_at,
         on_failure=new.on_failure,
         dead_letter_queue=new.dead_letter_queue,
+        unique_key=new.unique_key,
     )
 
 
@@ -232,6 +237,20 @@ def _by_size(news: Sequence[NewJob]) -> Iterator[Sequence[NewJob]]:
         yield batch
 
 
+# Inserts of a job with a unique key tried at most, while its holder keeps finishing
+# between the insert that found the key held and the read of the holder.
+_UNIQUE_TRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What `JobStore.create` gives: a job for each one asked for, in order, and those
+    of them that were inserted (the others are the pending jobs that held their keys)."""
+
+    jobs: list[Job]
+    new: list[Job]
+
+
 class JobStore:
     """Create and read the jobs of one scope."""
 
@@ -255,6 +274,9 @@ class JobStore:
         self._insert = self._insert_plain.returning(
             jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, sort_by_parameter_order=True
         )
+        self._insert_unique = self._build_insert_unique(now, scheduled)
+        # The pending job of the scope that holds a unique key.
+        self._holder = sa.select(jobs).where(jobs.c.scope == scope, *unique_held(jobs, db.dialect))
         self._summaries = sa.select(*summary_columns(jobs)).where(jobs.c.scope == scope)
         self._create_announced = (
             self._build_create_announced() if db.dialect == "postgresql" else None
@@ -277,6 +299,28 @@ class JobStore:
         ).columns(
             jobs.c.id, sa.column("scheduled_at", UtcDateTime), sa.column("inserted_at", UtcDateTime)
         )
+
+    def _build_insert_unique(
+        self, now: sa.ColumnElement[Any], scheduled: sa.ColumnElement[Any]
+    ) -> sa.Insert | None:
+        """PostgreSQL and SQLite: the insert of a job with a unique key that inserts
+        nothing (and returns no row) when a pending job holds the key. None on MariaDB
+        and MySQL, whose duplicate-key error fails the insert alone."""
+        module = {"postgresql": postgresql, "sqlite": sqlite}.get(self.db.dialect)
+        if module is None:
+            return None
+        jobs = self.jobs
+        insert = module.insert(jobs).values(
+            scope=self.scope,
+            attempts=0,
+            state=JobState.PENDING,
+            scheduled_at=scheduled,
+            next_attempt_at=scheduled,
+            inserted_at=now,
+        )
+        return insert.on_conflict_do_nothing(  # type: ignore[no-any-return]
+            index_elements=[jobs.c.scope, jobs.c.unique_key], index_where=sa.text(UNIQUE_HELD)
+        ).returning(jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at)
 
     def _build_create_announced(self) -> sa.Select[Any]:
         """PostgreSQL: the single-job insert, the count of the job into its queue's row,
@@ -308,19 +352,64 @@ class JobStore:
 
     def create(
         self, conn: Connection, news: Sequence[NewJob], *, origin: str | None = None
-    ) -> list[Job]:
+    ) -> Created:
         """Insert jobs in `conn`'s transaction, their ids (so their order in a queue)
-        following the order given, and count them into their queues. With `origin`,
-        announce them to the other nodes (PostgreSQL) as work of that instance."""
+        following the order given, and count them into their queues. A job with a
+        `unique_key` that a pending job of the scope holds is not inserted: that job
+        stands for it. With `origin`, announce the new ones to the other nodes
+        (PostgreSQL) as work of that instance."""
         if not news:
-            return []
+            return Created([], [])
         self._check_statement_size(conn, news)
-        rows = [row for batch in _by_size(news) for row in self._insert_batch(conn, batch)]
-        created = [_new_job(self.scope, new, row) for new, row in zip(news, rows, strict=True)]
-        self.book.enqueued(conn, self.scope, counted(created))
-        if origin is not None:
-            announce(conn, self.db.tables, self.scope, [j.queue for j in created], origin)
-        return created
+        jobs: list[Job] = []
+        new: list[Job] = []
+        for keyed, run in itertools.groupby(news, key=lambda n: n.unique_key is not None):
+            if keyed:
+                for one in run:
+                    job, inserted = self._create_unique(conn, one)
+                    jobs.append(job)
+                    if inserted:
+                        new.append(job)
+                continue
+            unkeyed = list(run)
+            rows = [row for batch in _by_size(unkeyed) for row in self._insert_batch(conn, batch)]
+            made = [_new_job(self.scope, n, row) for n, row in zip(unkeyed, rows, strict=True)]
+            jobs += made
+            new += made
+        self.book.enqueued(conn, self.scope, counted(new))
+        if origin is not None and new:
+            announce(conn, self.db.tables, self.scope, [j.queue for j in new], origin)
+        return Created(jobs, new)
+
+    def _create_unique(self, conn: Connection, new: NewJob) -> tuple[Job, bool]:
+        """Insert `new` unless a pending job of the scope holds its key; the job that
+        stands for it, and whether it was inserted."""
+        values = {**_insert_values(new), "unique_key": new.unique_key}
+        held = {"b_unique_key": new.unique_key}
+        for _ in range(_UNIQUE_TRIES):
+            row = self._insert_keyed(conn, values)
+            if row is not None:
+                return _new_job(self.scope, new, row), True
+            # Held: by a job committed meanwhile, or by one inserted earlier in this
+            # transaction. It may also have finished since (then the key is free again).
+            found = conn.execute(self._holder, held).first()
+            if found is not None:
+                return row_to_job(found), False
+        raise DatabaseError(
+            f"unique_key {new.unique_key!r}: held, then free, {_UNIQUE_TRIES} times in a row"
+        )
+
+    def _insert_keyed(self, conn: Connection, values: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Insert a job with a unique key; None when a pending job holds the key."""
+        if self._insert_unique is not None:
+            found = conn.execute(self._insert_unique, values).first()
+            return None if found is None else tuple(found)
+        try:  # MariaDB/MySQL: a duplicate key fails the statement alone, not the transaction
+            return self._insert_one(conn, values)
+        except IntegrityError as exc:
+            if f"ux_{self.db.tables.prefix}jobs_unique_key" in str(exc.orig):
+                return None
+            raise
 
     def _check_statement_size(self, conn: Connection, news: Sequence[NewJob]) -> None:
         """Refuse params that would make an insert longer than the server accepts (see
@@ -346,24 +435,24 @@ class JobStore:
             return self._insert_unnest(conn, news)
         if len(news) > 1 and dialect.insert_executemany_returning_sort_by_parameter_order:
             return [tuple(r) for r in conn.execute(self._insert, [_insert_values(n) for n in news])]
-        return [self._insert_one(conn, new) for new in news]
+        return [self._insert_one(conn, _insert_values(new)) for new in news]
 
-    def create_one(self, new: NewJob, *, origin: str) -> Job:
+    def create_one(self, new: NewJob, *, origin: str) -> Created:
         """Create one job, committed by itself and announced as work of `origin`.
         PostgreSQL inserts it, counts it into its queue and announces it in one
         autocommitted statement (one round trip); the others in one transaction."""
-        if self._create_announced is None:
+        if self._create_announced is None or new.unique_key is not None:
             with self.db.transaction() as conn:
-                return self.create(conn, [new], origin=origin)[0]
+                return self.create(conn, [new], origin=origin)
         payload = Announcement(self.scope, new.queue, origin).to_payload()
         with self.db.autocommit() as conn:
             row = conn.execute(
                 self._create_announced, {**_insert_values(new), "b_payload": payload}
             ).one()
-        return _new_job(self.scope, new, row[:3])
+        job = _new_job(self.scope, new, row[:3])
+        return Created([job], [job])
 
-    def _insert_one(self, conn: Connection, new: NewJob) -> tuple[Any, ...]:
-        values = _insert_values(new)
+    def _insert_one(self, conn: Connection, values: dict[str, Any]) -> tuple[Any, ...]:
         if conn.dialect.insert_returning:
             return tuple(conn.execute(self._insert, values).one())
         # MySQL: no INSERT ... RETURNING.

@@ -360,7 +360,7 @@ class RecordStore:
             assert job.dead_letter_queue is not None
             target = job.dead_letter_queue
             last = error.strip().splitlines()[-1] if error.strip() else ""
-            (moved,) = self.created.create(
+            (moved,) = self.created.create(  # without its unique key: a job of its own
                 conn,
                 [
                     NewJob(
@@ -374,7 +374,7 @@ class RecordStore:
                     )
                 ],
                 origin=self.where.node,
-            )
+            ).new
             node = self.where.node
             origin = Intervention(
                 "moved_from",
