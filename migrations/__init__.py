@@ -31,6 +31,7 @@ _MODULES = [
     "v002_operations",
     "v003_queues",
     "v004_unique_keys",
+    "v005_schedules",
 ]
 
 

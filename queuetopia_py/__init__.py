@@ -37,8 +37,16 @@ from queuetopia_py._options import Options
 from queuetopia_py._performer import Performer
 from queuetopia_py._progress import report_progress
 from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._schedules import Schedule
 from queuetopia_py._sources import RowSource, backfill_source, install_source, uninstall_source
-from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status, Suspension
+from queuetopia_py._status import (
+    Lock,
+    QueueStatus,
+    RunningAttempt,
+    ScheduleStatus,
+    Status,
+    Suspension,
+)
 from queuetopia_py.events import Event, EventKind, Subscription
 from queuetopia_py.migrations import migrate
 
@@ -79,6 +87,8 @@ __all__ = [
     "QueuetopiaError",
     "RowSource",
     "RunningAttempt",
+    "Schedule",
+    "ScheduleStatus",
     "SchemaMissingError",
     "Status",
     "Subscription",

@@ -15,6 +15,7 @@ Operating the queues of a database (`--repo URL` or QUEUETOPIA_REPO, `--json` fo
     $ queuetopia suspend [QUEUE] --scope S          # resume [QUEUE] --scope S
     $ queuetopia cancel 42 | abort 42 | retry 42 [--reason R] [--by B]
     $ queuetopia cleanup --scope S [--older-than SECONDS] [--include-ended]
+    $ queuetopia schedules [--scope S]              # periodic jobs: next and last fire times
     $ queuetopia rows list                          # row sources installed, and their state
     $ queuetopia rows install|uninstall|backfill|check myapp.jobs:ClassifyPhotos
 
@@ -81,7 +82,9 @@ from queuetopia_py._sources import (
     problem_of,
     uninstall_source,
 )
+from queuetopia_py._status import ScheduleStatus
 from queuetopia_py._store.database import sqlite_file, translate
+from queuetopia_py._store.schedules import schedule_statuses
 from queuetopia_py.migrations import LATEST, current_version, migrate
 
 # Named explicitly: under `python -m queuetopia_py._cli`, __name__ is "__main__".
@@ -591,6 +594,10 @@ class Tables:
         if job is None:
             raise JobNotFoundError(job_id, instance.scope)
         return job
+
+    def schedules(self, scope: str | None) -> list[ScheduleStatus]:
+        """The schedules of `scope` (None: every scope) as the database records them."""
+        return schedule_statuses(self._owner.engine, self.prefix, scope)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -1189,6 +1196,38 @@ def cleanup_command(
             f"deleted {deleted} {noun} of scope {scope} {which} more than "
             f"{fmt_duration(retention)} ago"
         )
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+
+@cli.command("schedules")
+@click.option("--scope", default=None, help="Show only this scope (default: every scope).")
+@ops_options
+def schedules_command(scope: str | None, repo: str, prefix: str, as_json: bool) -> None:
+    """Show the periodic jobs' schedules as the database records them: next fire time,
+    latest fire time dealt with, and the job last created."""
+    with open_tables(repo, prefix) as tables:
+        statuses = tables.schedules(scope)
+    if as_json:
+        echo_json({"schedules": [dataclasses.asdict(status) for status in statuses]})
+        return
+    if not statuses:
+        click.echo("no schedule")
+        return
+    headers = ("scope", "schedule", "definition", "next fire", "last fire", "last job")
+    rows = [
+        (
+            s.scope,
+            s.name,
+            s.definition,
+            fmt_time(s.next_fire_at),
+            fmt_time(s.last_fire_at),
+            "-" if s.last_job_id is None else str(s.last_job_id),
+        )
+        for s in statuses
+    ]
+    echo_report([render_table(headers, rows, width=terminal_width(), shrink=("scope",))])
 
 
 # -- row sources -------------------------------------------------------------------------

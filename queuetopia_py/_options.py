@@ -24,6 +24,7 @@ from queuetopia_py._job import (
     validate_name,
 )
 from queuetopia_py._performer import Performer, is_async
+from queuetopia_py._schedules import Schedule, check_schedules
 from queuetopia_py._sources import RowSource
 
 # The largest `max_params_bytes` accepted: 64 MiB. (MariaDB and MySQL also refuse a
@@ -59,6 +60,7 @@ class Options:
     statement_timeout: timedelta = defaults.STATEMENT_TIMEOUT
     max_params_bytes: int = defaults.MAX_PARAMS_BYTES
     source: RowSource | None = None
+    schedules: tuple[Schedule, ...] = ()
 
     @classmethod
     def parse(cls, options: dict[str, Any], default_scope: str) -> Options:
@@ -117,6 +119,8 @@ class Options:
             raise ConfigurationError(
                 f"executor: must be 'thread' or 'process' (got {values['executor']!r})"
             )
+        if "schedules" in values:
+            values["schedules"] = check_schedules(values["schedules"])
         source = values.get("source")
         if source is not None and not isinstance(source, RowSource):
             raise ConfigurationError(f"source: must be a RowSource (got {source!r})")

@@ -14,6 +14,8 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -49,6 +51,7 @@ from queuetopia_py._job import (
 from queuetopia_py._options import Options
 from queuetopia_py._performer import is_async
 from queuetopia_py._scheduler import RunState, Scheduler
+from queuetopia_py._schedules import Schedule, ScheduleRunner
 from queuetopia_py._schema import build_tables
 from queuetopia_py._sources import check_installed
 from queuetopia_py._status import Status, Suspension
@@ -60,6 +63,7 @@ from queuetopia_py._store.control import ControlStore
 from queuetopia_py._store.database import Database, check_schema, create_engine, normalize_url
 from queuetopia_py._store.inspection import Inspection
 from queuetopia_py._store.jobs import Created, JobStore
+from queuetopia_py._store.schedules import ScheduleStore
 from queuetopia_py.events import Event, EventBus, EventKind, Subscriber, Subscription, process_bus
 
 if TYPE_CHECKING:
@@ -204,6 +208,8 @@ class Queuetopia:
         self._inspection = Inspection(self._db, self.scope)
         self._events = EventBus(parent=process_bus)
         self._scheduler: Scheduler | None = None
+        self._schedules = ScheduleStore(self._db, self._jobs)
+        self._schedule_runner: ScheduleRunner | None = None
         # The loop `astart` was awaited on, while it starts the scheduler.
         self._app_loop: asyncio.AbstractEventLoop | None = None
         self._subscription: listener.Registration | None = None
@@ -502,7 +508,8 @@ class Queuetopia:
             raise InvalidJobError("limit", limit, "must be an int >= 1")
         if after is not None:
             validate_name("after", after)
-        return self._inspection.status(limit, after)
+        status = self._inspection.status(limit, after)
+        return replace(status, schedules=self._schedules.statuses(self.scope))
 
     def suspend(
         self, queue: str | None = None, *, by: str | None = None, reason: str | None = None
@@ -851,6 +858,11 @@ class Queuetopia:
             loop=loop,
         )
         self._scheduler.start()
+        # Schedules removed from the code leave nothing behind.
+        self._schedules.forget_others([s.name for s in self.options.schedules])
+        if self.options.schedules:
+            self._schedule_runner = ScheduleRunner(self._fire, self.options.schedules, self.scope)
+            self._schedule_runner.start()
         if self._db.dialect == "postgresql":
             self._subscription = listener.subscribe(
                 self._db.engine,
@@ -872,12 +884,40 @@ class Queuetopia:
         """
         scheduler, self._scheduler = self._scheduler, None
         subscription, self._subscription = self._subscription, None
+        runner, self._schedule_runner = self._schedule_runner, None
+        if runner is not None:
+            runner.stop(timeout)
         if subscription is not None:
             subscription.close()
         finished = True if scheduler is None else scheduler.stop(timeout)
         if self._owns_engine:
             self._db.engine.dispose()
         return finished
+
+    def _fire(self, schedule: Schedule) -> float:
+        """Create the due jobs of `schedule` (see `ScheduleStore.fire`), tell of them, and
+        return the seconds until its next fire time."""
+        created, wait = self._schedules.fire(schedule, self._scheduled_job, self._origin)
+        self._created(created)
+        return wait
+
+    def _scheduled_job(self, schedule: Schedule, fire: datetime) -> NewJob:
+        """The job of `schedule` for fire time `fire`, with the instance's job options
+        where the schedule has none."""
+        opts = self.options
+        return validate_new_job(
+            schedule.queue,
+            schedule.action,
+            schedule.params,
+            timeout=opts.timeout if schedule.timeout is None else schedule.timeout,
+            max_backoff=opts.max_backoff if schedule.max_backoff is None else schedule.max_backoff,
+            max_attempts=opts.max_attempts
+            if schedule.max_attempts is None
+            else schedule.max_attempts,
+            scheduled_at=fire,
+            on_failure=opts.on_failure if schedule.on_failure is None else schedule.on_failure,
+            max_params_bytes=opts.max_params_bytes,
+        )
 
     @property
     def running(self) -> bool:

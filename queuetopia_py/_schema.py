@@ -156,11 +156,12 @@ class Tables:
     queues: Table
     locks: Table
     suspensions: Table
+    schedules: Table
     schema_version: Table
 
 
 def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
-    """Describe the tables under `prefix` (validated): schema version 4.
+    """Describe the tables under `prefix` (validated): schema version 5.
 
     `jobs` holds one row a job. `queues` holds one row a queue with pending work (or
     locked): its head job, the head's due time, its pending count, and its lock, kept
@@ -253,13 +254,14 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         PrimaryKeyConstraint("scope", "queue", name=f"pk_{prefix}suspensions"),
         **table_options(),
     )
+    schedules = Table(f"{prefix}schedules", metadata, *schedule_columns(prefix), **table_options())
     schema_version = Table(
         f"{prefix}schema_version",
         metadata,
         Column("version", Integer(), primary_key=True, autoincrement=False),
         **table_options(),
     )
-    return Tables(prefix, metadata, jobs, queues, locks, suspensions, schema_version)
+    return Tables(prefix, metadata, jobs, queues, locks, suspensions, schedules, schema_version)
 
 
 #: Where a job holds its unique key: while it is pending.
@@ -300,6 +302,24 @@ def unique_held(jobs: Table, dialect: str) -> list[Any]:
     if dialect in _NO_PARTIAL:
         return [literal_column("unique_pending") == key]
     return [jobs.c.unique_key == key, jobs.c.state == "pending", jobs.c.unique_key.is_not(None)]
+
+
+def schedule_columns(prefix: str) -> list[Any]:
+    """Columns and key of the schedules table (schema version 5): one row a schedule of a
+    scope, locked while a node creates its jobs."""
+    return [
+        Column("scope", name_type(), nullable=False),
+        Column("name", name_type(), nullable=False),
+        # What the schedule was defined as when its row was last written ("cron ..." or
+        # "every ..."): a schedule defined anew starts over from that moment.
+        Column("definition", String(defaults.MAX_NAME_LENGTH), nullable=False),
+        # The latest fire time dealt with (a job created, or skipped by its catch-up).
+        Column("last_fire_at", UtcDateTime(), nullable=False),
+        Column("last_job_id", id_type(), nullable=True),
+        Column("next_fire_at", UtcDateTime(), nullable=True),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        PrimaryKeyConstraint("scope", "name", name=f"pk_{prefix}schedules"),
+    ]
 
 
 def queue_columns(prefix: str) -> list[Any]:

@@ -22,6 +22,20 @@ class Suspension:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A schedule as the database records it: its definition, the next fire time, and
+    the latest fire time dealt with (a job created, or skipped by its catch-up) with the
+    job last created (its id: `get_job` reads it; None before the first)."""
+
+    scope: str
+    name: str
+    definition: str
+    next_fire_at: datetime | None
+    last_fire_at: datetime
+    last_job_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Lock:
     """A queue's lock: `node` may run the queue until `locked_until` (database time),
     taken for an attempt of job `job_id`."""
@@ -76,7 +90,7 @@ class QueueStatus:
 class Status:
     """A scope at instant `at` (database time): a page of its queues with pending work
     or a lock, blocked ones first (the longest failing first), then the others by name;
-    the attempts each node is running; and the scope's suspensions.
+    the attempts each node is running; the scope's suspensions; and its schedules.
 
     `queue_count` and `blocked_count` count every such queue of the scope. When the page
     does not hold them all, `next_after` names the queue to pass as `status(after=...)`
@@ -92,6 +106,7 @@ class Status:
     queue_count: int = 0
     blocked_count: int = 0
     next_after: str | None = None
+    schedules: list[ScheduleStatus] = field(default_factory=list)
 
     def queue(self, name: str) -> QueueStatus | None:
         """The status of the queue `name`, if this page shows it."""

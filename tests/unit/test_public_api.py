@@ -33,6 +33,8 @@ EXPECTED = {
     "QueuetopiaError",
     "RowSource",
     "RunningAttempt",
+    "Schedule",
+    "ScheduleStatus",
     "SchemaMissingError",
     "Status",
     "Subscription",
