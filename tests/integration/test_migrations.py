@@ -208,3 +208,28 @@ def test_downgrading_from_v3_restores_the_v2_rows(db_url: str) -> None:
     assert [tuple(r) for r in locks] == [(" cleaner", "tic", None), ("a", "tok", 1)]
     engine.dispose()
     assert migrate(db_url) == LATEST
+
+
+def test_down_to_v3_and_up_again_keeps_the_jobs_and_frees_their_keys(db_url: str) -> None:
+    from queuetopia_py import Schedule
+
+    migrate(db_url)
+    queue = Queuetopia(repo=db_url, scope="keys")
+    held = queue.create_job("q", "a", {"n": 1}, unique_key="k")
+    queue.create_job("q", "a", {"n": 2})
+    queue._fire(Schedule("beat", every=3600, queue="beats", action="beat"))
+    queue.stop()
+    assert migrate(db_url, to=3) == 3
+    engine = create_engine(db_url)
+    names = set(sa.inspect(engine).get_table_names())
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("queuetopia_jobs")}
+    engine.dispose()
+    assert "queuetopia_schedules" not in names
+    assert not {"unique_key", "unique_pending"} & columns
+    assert migrate(db_url) == LATEST
+    queue = Queuetopia(repo=db_url, scope="keys")
+    assert [j.params["n"] for j in queue.list_jobs()] == [1, 2]
+    assert queue.get_job(held.id).unique_key is None  # type: ignore[union-attr]
+    assert queue.create_job("q", "a", {"n": 3}, unique_key="k").id != held.id
+    assert queue.status().schedules == []
+    queue.stop()
