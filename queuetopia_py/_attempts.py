@@ -104,6 +104,8 @@ class AttemptRunner:
         renewed meanwhile, when the timeout is longer than the lease). `unready` is the
         failure to record instead of running (executor not ready)."""
         job = claim.job
+        if claim.taken_over:
+            self.emit(EventKind.LOCK_TAKEN_OVER, job, attempt=job.attempts)
         self.emit(EventKind.ATTEMPT_STARTED, job, attempt=job.attempts)
         began = time.monotonic()
         if unready is not None:
@@ -187,7 +189,9 @@ class AttemptRunner:
         return None if next_at is None else (delay.total_seconds() - duration)
 
     def interrupted(self, claim: Interrupted) -> None:
-        """The head's final attempt was never recorded: report its failure mode."""
+        """The head's final attempt was never recorded (its lock expired, and this
+        node took the queue over): report its failure mode."""
+        self.emit(EventKind.LOCK_TAKEN_OVER, claim.job, attempt=claim.job.attempts)
         error = claim.job.error or ""
         self._ended(Recorded(claim.job, claim.moved_to), error, exhausted=True)
 

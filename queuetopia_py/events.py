@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
 
     JOB_CREATED = "job_created"
     ATTEMPT_STARTED = "attempt_started"
+    LOCK_TAKEN_OVER = "lock_taken_over"
     ATTEMPT_SUCCEEDED = "attempt_succeeded"
     ATTEMPT_FAILED = "attempt_failed"
     ATTEMPT_TIMED_OUT = "attempt_timed_out"
@@ -146,6 +147,7 @@ def subscribe(callback: Subscriber, kinds: Iterable[EventKind | str] | None = No
 _LEVELS = {
     EventKind.JOB_CREATED: logging.DEBUG,
     EventKind.ATTEMPT_STARTED: logging.DEBUG,
+    EventKind.LOCK_TAKEN_OVER: logging.WARNING,
     EventKind.ATTEMPT_SUCCEEDED: logging.INFO,
     EventKind.ATTEMPT_FAILED: logging.WARNING,
     EventKind.ATTEMPT_TIMED_OUT: logging.WARNING,

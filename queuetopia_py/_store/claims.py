@@ -10,7 +10,7 @@ queue's row and decides from it and its head: busy, not due, interrupted, or tak
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -146,6 +146,8 @@ class ClaimStore:
             claim, lock = self.locks.take(
                 conn, outcome.head, outcome.now, started, request.token, writes
             )
+            if outcome.row.token is not None:  # an expired lock of another claim
+                claim = replace(claim, taken_over=True)
             head_due = claim.job.next_attempt_at
             self.book.write(conn, where.scope, outcome.row, writes, head_due=head_due, **lock)
             return claim

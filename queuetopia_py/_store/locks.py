@@ -40,6 +40,9 @@ class Claim:
     #: The job as it was before the claim (to give the claim back unused); None when the
     #: claim was recognised after its acknowledgement was lost.
     prior: Job | None = None
+    #: The queue's lock had expired under another claim (its node died, or its attempt
+    #: outlived the lock unrenewed): this claim took it over.
+    taken_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)

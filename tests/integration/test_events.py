@@ -148,3 +148,40 @@ def test_a_job_created_in_the_callers_transaction_is_announced_only_once_committ
     # Proving a non-event: the announcer stops looking 2 s after the commit.
     time.sleep(2.5)
     assert [e.job_id for e in created] == [kept.id]
+
+
+def test_a_queue_taken_over_from_a_dead_node_tells_so_before_its_attempt(
+    make_queue: Callable, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from queuetopia_py._store.claims import ClaimStore
+    from queuetopia_py._store.locks import Claim
+
+    recorder = Recorder()
+    queue = make_queue(performer=recorder, node="n1", poll_interval=0.2)
+    events: list[Event] = []
+    queue.subscribe(events.append)
+    job = queue.create_job("q", "a", {})
+    ordinary = queue.create_job("other", "a", {})
+    # Another node claims the queue and dies: its lock expires.
+    assert isinstance(ClaimStore(queue._db, queue.scope, "dead").claim("q"), Claim)
+    queues = queue._db.tables.queues
+    with queue.engine.begin() as conn:
+        conn.execute(
+            queues.update()
+            .where(queues.c.queue == "q")
+            .values(locked_until=datetime.now(UTC) - timedelta(hours=1))
+        )
+    with caplog.at_level(logging.WARNING, logger="queuetopia_py"):
+        queue.start()
+        recorder.wait(lambda r: len(r.finished) == 2)
+        queue.stop()
+    assert kinds(events, job.id) == [
+        "job_created",
+        "lock_taken_over",
+        "attempt_started",
+        "attempt_succeeded",
+    ]
+    assert kinds(events, ordinary.id) == ["job_created", "attempt_started", "attempt_succeeded"]
+    assert any(r.getMessage().startswith("lock taken over: job") for r in caplog.records)
