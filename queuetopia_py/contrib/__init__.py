@@ -1,0 +1,1 @@
+"""Integrations with other tools, each behind an extra of its own (`prometheus`)."""
