@@ -265,7 +265,7 @@ def test_a_record_waiting_on_a_job_being_created_passes_the_lock_to_it(
                         "q", "a", {}, timeout=30, max_backoff=60, max_attempts=3, scheduled_at=None
                     )
                 ],
-            )
+            ).jobs
             recorder = threading.Thread(
                 target=lambda: outcome.append(claims.records.record_success_and_claim(claim))
             )
