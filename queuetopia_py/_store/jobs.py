@@ -360,6 +360,10 @@ class JobStore:
         (PostgreSQL) as work of that instance."""
         if not news:
             return Created([], [])
+        # PostgreSQL: one job is inserted, counted and announced in one statement.
+        single = len(news) == 1 and news[0].unique_key is None
+        if single and origin is not None and self._create_announced is not None:
+            return self._create_announced_one(conn, news[0], origin)
         self._check_statement_size(conn, news)
         jobs: list[Job] = []
         new: list[Job] = []
@@ -444,11 +448,17 @@ class JobStore:
         if self._create_announced is None or new.unique_key is not None:
             with self.db.transaction() as conn:
                 return self.create(conn, [new], origin=origin)
-        payload = Announcement(self.scope, new.queue, origin).to_payload()
         with self.db.autocommit() as conn:
-            row = conn.execute(
-                self._create_announced, {**_insert_values(new), "b_payload": payload}
-            ).one()
+            return self._create_announced_one(conn, new, origin)
+
+    def _create_announced_one(self, conn: Connection, new: NewJob, origin: str) -> Created:
+        """PostgreSQL: insert `new`, count it into its queue and announce it, in one
+        statement on `conn`."""
+        assert self._create_announced is not None
+        payload = Announcement(self.scope, new.queue, origin).to_payload()
+        row = conn.execute(
+            self._create_announced, {**_insert_values(new), "b_payload": payload}
+        ).one()
         job = _new_job(self.scope, new, row[:3])
         return Created([job], [job])
 
