@@ -37,8 +37,10 @@ CatchUp = Literal["latest", "none", "all"]
 CATCH_UPS: tuple[CatchUp, ...] = ("latest", "none", "all")
 #: With `catch_up="all"`, at most this many missed fire times get a job (the latest).
 MAX_CATCH_UP = 100
-#: A fire time dealt with this long after it (or later than the next one) was missed.
+#: A fire time dealt with more than this after it was missed (less for a schedule that
+#: fires more often: its interval, `_MIN_GRACE` at least).
 ON_TIME = timedelta(seconds=30)
+_MIN_GRACE = timedelta(seconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Fire times looked at, at most, to find those due since the last one dealt with.
 _MAX_STEPS = 100_000
@@ -170,21 +172,24 @@ class Schedule:
 
     def to_create(self, last: datetime, now: datetime) -> tuple[list[datetime], datetime | None]:
         """The fire times to create a job for, and the latest fire time dealt with (None:
-        none due)."""
+        none due). A due fire time dealt with on time (see `on_time`) gets its job; of
+        those missed, "all" keeps each, "latest" the most recent, "none" none."""
         due = self.due(last, now)
         if not due:
             return [], None
-        latest = due[-1]
-        on_time = now - latest <= min(ON_TIME, self.next_after(latest) - latest)
-        missed = due if not on_time else due[:-1]
-        current = [] if not on_time else [latest]
+        missed = [fire for fire in due if not self.on_time(fire, now)]
+        kept = [fire for fire in due if fire not in missed]
         if self.catch_up == "all":
-            chosen = [*missed, *current][-MAX_CATCH_UP:]
-        elif self.catch_up == "latest":
-            chosen = [latest]
-        else:
-            chosen = current
-        return chosen, latest
+            kept = due[-MAX_CATCH_UP:]
+        elif self.catch_up == "latest" and missed:
+            kept = [missed[-1], *kept]
+        return kept, due[-1]
+
+    def on_time(self, fire: datetime, now: datetime) -> bool:
+        """Whether `fire`, dealt with at `now`, is on time: at most `ON_TIME` late, or,
+        for a schedule that fires more often, at most its interval (1 s at least)."""
+        interval = self.next_after(fire) - fire
+        return now - fire <= min(ON_TIME, max(interval, _MIN_GRACE))
 
     def __repr__(self) -> str:
         return f"Schedule({self.name!r}, {self.definition}, queue={self.queue!r})"

@@ -131,3 +131,13 @@ def test_catching_up_all_is_bounded() -> None:
     fires, latest = schedule.to_create(last, last + timedelta(hours=1))
     assert len(fires) == 100
     assert fires[-1] == latest == last + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("catch_up", ["latest", "none", "all"])
+def test_a_node_a_little_late_still_creates_every_fire_time(catch_up: str) -> None:
+    schedule = every(0.5, catch_up)
+    last = datetime(2027, 1, 1, tzinfo=UTC)
+    # Dealt with 0.8 s after 00:00:00.5 (its node was held up): within the 1 s of grace.
+    fires, latest = schedule.to_create(last, datetime(2027, 1, 1, 0, 0, 1, 300_000, tzinfo=UTC))
+    assert fires == [last + timedelta(seconds=0.5), last + timedelta(seconds=1)]
+    assert latest == last + timedelta(seconds=1)
