@@ -14,7 +14,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -508,8 +507,7 @@ class Queuetopia:
             raise InvalidJobError("limit", limit, "must be an int >= 1")
         if after is not None:
             validate_name("after", after)
-        status = self._inspection.status(limit, after)
-        return replace(status, schedules=self._schedules.statuses(self.scope))
+        return self._inspection.status(limit, after)
 
     def suspend(
         self, queue: str | None = None, *, by: str | None = None, reason: str | None = None

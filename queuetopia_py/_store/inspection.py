@@ -17,6 +17,7 @@ from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status
 from queuetopia_py._store.control import row_to_suspension
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.jobs import follows, summary_columns, summary_from_mapping
+from queuetopia_py._store.schedules import read_statuses
 
 _FAILED = [o for o in OUTCOMES if o is not JobState.CANCELLED]
 
@@ -92,6 +93,7 @@ class Inspection:
                     sa.select(sus).where(sus.c.scope == self.scope).order_by(sus.c.queue)
                 )
             ]
+            schedules = read_statuses(conn, t.schedules, self.scope)
         scope_suspension = next((s for s in suspensions if s.queue is None), None)
         own = {s.queue: s for s in suspensions if s.queue is not None}
         nodes: dict[str, list[RunningAttempt]] = {}
@@ -129,6 +131,7 @@ class Inspection:
             queue_count=int(counted[0]),
             blocked_count=int(counted[1]),
             next_after=page[-1].queue if more else None,
+            schedules=schedules,
         )
 
     def _page(

@@ -99,13 +99,9 @@ class ScheduleStore:
 
         self.db.retrying(run)
 
-    def statuses(self, scope: str | None) -> list[ScheduleStatus]:
-        """The schedules of `scope` (None: of every scope), by scope and name."""
-        with self.db.transaction() as conn:
-            return _statuses(conn, self.table, scope)
 
-
-def _statuses(conn: Connection, table: sa.Table, scope: str | None) -> list[ScheduleStatus]:
+def read_statuses(conn: Connection, table: sa.Table, scope: str | None) -> list[ScheduleStatus]:
+    """The schedules of `scope` (None: of every scope) on `conn`, by scope and name."""
     query = sa.select(table).order_by(table.c.scope, table.c.name)
     if scope is not None:
         query = query.where(table.c.scope == scope)
@@ -125,4 +121,4 @@ def _statuses(conn: Connection, table: sa.Table, scope: str | None) -> list[Sche
 def schedule_statuses(engine: Engine, prefix: str, scope: str | None) -> list[ScheduleStatus]:
     """The schedules of `scope` (None: every scope) in the tables of `prefix`."""
     with engine.connect() as conn:
-        return _statuses(conn, build_tables(prefix).schedules, scope)
+        return read_statuses(conn, build_tables(prefix).schedules, scope)
