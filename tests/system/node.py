@@ -12,7 +12,8 @@ history.py). Job params drive it: `seq` (position in its queue, for the record),
 first attempt, to be killed meanwhile).
 
 With `--row-source`, the node runs `RowQueue` instead: the same scope fed by the rows of
-`photos` (see row_app.py), one queue per album.
+`photos` (see row_app.py), one queue per album. With `--beat`, it also fires the schedule
+`BEAT` (a job every 0.5 s in the queue "beats").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 import sqlalchemy as sa
 from history import append_event
 
-from queuetopia_py import Job, Performer, Queuetopia, RowSource
+from queuetopia_py import Job, Performer, Queuetopia, RowSource, Schedule
 
 # Read by the performer, in this process or in the worker processes it spawns (which
 # inherit the environment).
@@ -72,6 +73,10 @@ PHOTOS = sa.Table(
 )
 
 
+#: The schedule of `--beat`.
+BEAT = Schedule("beat", every=0.5, queue="beats", action="beat")
+
+
 class RowQueue(SystemQueue, source=RowSource(PHOTOS, key="album_id"), timeout=2):
     """`SystemQueue` fed by the rows of `PHOTOS` (its jobs time out after 2 s, so that a
     killed node's locks expire 3 s after they were taken)."""
@@ -107,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=("thread", "process"), default="thread")
     parser.add_argument("--work", type=float, default=0.0, help="seconds a job works")
     parser.add_argument("--row-source", action="store_true", help="run RowQueue")
+    parser.add_argument("--beat", action="store_true", help="fire the schedule BEAT")
     parser.add_argument("--stop-timeout", type=float, default=60.0)
     parser.add_argument(
         "--exit-with", type=int, default=None, help="stop when this parent process is gone"
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval=args.poll_interval,
         max_concurrency=args.max_concurrency,
         executor=args.executor,
+        schedules=[BEAT] if args.beat else [],
     )
     queue.start()
     append_event(args.log, "ready", pid=os.getpid(), node=queue.node)
