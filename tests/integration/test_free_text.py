@@ -36,6 +36,8 @@ def test_an_error_holding_a_nul_is_recorded_and_reported_as_raised(
     after = queue.create_job("q", "a", {}, max_attempts=1)
     queue.start()
     wait_until(lambda: not queue.get_job(after.id).pending, 30, "both jobs given up")
+    # handle_failed_job runs once the failure is recorded: the stored state comes first.
+    wait_until(lambda: len(failed) == 3, 30, "handle_failed_job called for each failure")
     stored = queue.get_job(first.id)
     assert stored is not None and stored.given_up and stored.attempts == 2
     assert "NulError: bad\ufffdbyte" in (stored.error or "")
