@@ -45,6 +45,7 @@ class ClassifyPhoto(Performer):
 
     def __init__(self) -> None:
         self.done = threading.Semaphore(0)
+        self.printing = threading.Lock()  # albums run in parallel: one line at a time
 
     def perform(self, job: Job) -> object:
         with self.engine.begin() as conn:
@@ -54,7 +55,8 @@ class ClassifyPhoto(Performer):
                 return "skipped"
             tag = "cat" if "cat" in photo.name else "landscape"
             conn.execute(photos.update().where(photos.c.id == photo.id).values(tag=tag))
-        print(f"{job.queue}: photo {photo.id} ({photo.name}) tagged {tag}")
+        with self.printing:
+            print(f"{job.queue}: photo {photo.id} ({photo.name}) tagged {tag}", flush=True)
         self.done.release()
         return tag
 
