@@ -75,6 +75,7 @@ from queuetopia_py._errors import (
 )
 from queuetopia_py._job import MAX_DURATION, STORED_STATES, Job, Page
 from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._scopes import Scopes
 from queuetopia_py._sources import (
     backfill_source,
     install_source,
@@ -82,10 +83,8 @@ from queuetopia_py._sources import (
     problem_of,
     uninstall_source,
 )
-from queuetopia_py._status import ScheduleStatus
 from queuetopia_py._store.database import sqlite_file, translate
-from queuetopia_py._store.schedules import schedule_statuses
-from queuetopia_py.migrations import LATEST, current_version, migrate
+from queuetopia_py.migrations import LATEST, migrate
 
 # Named explicitly: under `python -m queuetopia_py._cli`, __name__ is "__main__".
 logger = logging.getLogger("queuetopia_py.cli")
@@ -508,43 +507,13 @@ def ops_errors(url: str, prefix: str) -> Iterator[None]:
         raise click.ClickException(f"{translate(exc)}{where}") from exc
 
 
-class Tables:
-    """The queuetopia tables of one database and prefix, as the operations commands see
-    them: one `Queuetopia` instance per scope, all sharing one engine."""
+class Tables(Scopes):
+    """The tables as the operations commands see them: scopes resolved from `--scope`,
+    with usage errors that list the known scopes."""
 
     def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix)
         self.url = url
-        self.prefix = prefix
-        # The first instance owns the engine; `close()` disposes of it.
-        self._owner = Queuetopia(repo=url, table_prefix=prefix)
-        self._instances: dict[str, Queuetopia] = {}
-
-    def check_schema(self) -> None:
-        """Raise `SchemaMissingError` unless the tables exist at the newest version."""
-        with self._owner.engine.connect() as conn:
-            version = current_version(conn, self.prefix)
-        if version == 0:
-            raise SchemaMissingError(
-                f"the queuetopia tables ({self.prefix}*) are missing: "
-                f"run {_migrate_hint(self.prefix)} first"
-            )
-        if version < LATEST:
-            raise SchemaMissingError(
-                f"the queuetopia tables ({self.prefix}*) are at schema version {version}, "
-                f"this version needs {LATEST}: run {_migrate_hint(self.prefix)} first"
-            )
-
-    def scope(self, scope: str) -> Queuetopia:
-        """A Queuetopia instance (never started) of `scope`."""
-        if scope not in self._instances:
-            self._instances[scope] = Queuetopia(
-                repo=self._owner.engine, scope=scope, table_prefix=self.prefix
-            )
-        return self._instances[scope]
-
-    def known_scopes(self) -> list[str]:
-        """Every scope with jobs, locks or suspensions in these tables."""
-        return self._owner.known_scopes()
 
     def only_scope(self) -> str | None:
         """The single scope in these tables (None when there is none); a usage error
@@ -578,31 +547,6 @@ class Tables:
             )
         return scope
 
-    def instance_of(self, job_id: int, scope: str | None) -> Queuetopia:
-        """The instance of the scope holding job `job_id` (looked up unless `scope` is
-        given); `JobNotFoundError` when no such job exists."""
-        if scope is None:
-            scope = self._owner.scope_of(job_id)
-            if scope is None:
-                raise JobNotFoundError(job_id)
-        return self.scope(scope)
-
-    def job(self, job_id: int, scope: str | None) -> Job:
-        """The job `job_id` (in `scope`, or wherever it is); `JobNotFoundError` if none."""
-        instance = self.instance_of(job_id, scope)
-        job = instance.get_job(job_id)
-        if job is None:
-            raise JobNotFoundError(job_id, instance.scope)
-        return job
-
-    def schedules(self, scope: str | None) -> list[ScheduleStatus]:
-        """The schedules of `scope` (None: every scope) as the database records them."""
-        return schedule_statuses(self._owner.engine, self.prefix, scope)
-
-    def close(self) -> None:
-        """Release the database connections."""
-        self._owner.stop()
-
 
 def _refuse_missing_sqlite_file(url: str | sa.URL, prefix: str) -> None:
     """SQLite would create a missing file: say the database does not exist instead."""
@@ -625,7 +569,7 @@ def open_tables(url: str, prefix: str) -> Iterator[Tables]:
         _refuse_missing_sqlite_file(url, prefix)
         tables = Tables(url, prefix)
         try:
-            tables.check_schema()
+            tables.check_schema(_migrate_hint(prefix))
             yield tables
         finally:
             tables.close()

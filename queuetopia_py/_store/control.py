@@ -35,6 +35,14 @@ def row_to_suspension(row: sa.Row[Any]) -> Suspension:
     )
 
 
+def read_suspensions(conn: sa.Connection, suspensions: sa.Table, scope: str) -> list[Suspension]:
+    """The suspensions of `scope` (the whole scope's first), by queue."""
+    rows = conn.execute(
+        sa.select(suspensions).where(suspensions.c.scope == scope).order_by(suspensions.c.queue)
+    )
+    return [row_to_suspension(r) for r in rows]
+
+
 def _job_fields(values: dict[str, Any]) -> dict[str, Any]:
     """The `Job` fields that the column values an action writes set."""
     fields = dict(values)
@@ -114,10 +122,8 @@ class ControlStore:
 
     def list_suspensions(self) -> list[Suspension]:
         """This scope's suspensions, the whole scope's first."""
-        s = self.suspensions
         with self.db.transaction() as conn:
-            rows = conn.execute(sa.select(s).where(s.c.scope == self.scope).order_by(s.c.queue))
-            return [row_to_suspension(r) for r in rows]
+            return read_suspensions(conn, self.suspensions, self.scope)
 
     # -- jobs --------------------------------------------------------------------------
 

@@ -7,14 +7,15 @@ scopes by skipping through the index that leads with the scope.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from queuetopia_py._job import OUTCOMES, JobState
-from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status
-from queuetopia_py._store.control import row_to_suspension
+from queuetopia_py._job import OUTCOMES, JobState, JobSummary
+from queuetopia_py._status import Lock, QueueStatus, RunningAttempt, Status, Suspension
+from queuetopia_py._store.control import read_suspensions
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.jobs import follows, summary_columns, summary_from_mapping
 from queuetopia_py._store.schedules import read_statuses
@@ -35,6 +36,73 @@ def _distinct(column: sa.Column[Any], dialect: str) -> sa.Select[Any]:
     )
     found = found.union_all(sa.select(following).where(found.c.value.is_not(None)))
     return sa.select(found.c.value).where(found.c.value.is_not(None))
+
+
+def read_summaries(
+    conn: sa.Connection, jobs: sa.Table, *queue_rows: Sequence[sa.Row[Any]]
+) -> dict[int, JobSummary]:
+    """The summaries of the heads and of the jobs locked for, of these queue rows, by id."""
+    wanted: set[int] = set()
+    for rows in queue_rows:
+        wanted |= {r.head_id for r in rows if r.head_id is not None}
+        wanted |= {r.locked_job for r in rows if r.locked_job is not None}
+    if not wanted:
+        return {}
+    found = conn.execute(sa.select(*summary_columns(jobs)).where(jobs.c.id.in_(sorted(wanted))))
+    return {j.id: j for j in (summary_from_mapping(r._mapping) for r in found)}
+
+
+def failed_counts(
+    conn: sa.Connection, jobs: sa.Table, scope: str, names: Sequence[str]
+) -> dict[str, int]:
+    """How many jobs of each queue `names` ended without success (cancelled ones aside)."""
+    if not names:
+        return {}
+    counted = conn.execute(
+        sa.select(jobs.c.queue, sa.func.count())
+        .where(jobs.c.scope == scope, jobs.c.queue.in_(names), jobs.c.state.in_(_FAILED))
+        .group_by(jobs.c.queue)
+    )
+    return {queue: int(n) for queue, n in counted}
+
+
+def running_attempt(row: sa.Row[Any], summaries: dict[int, JobSummary]) -> RunningAttempt | None:
+    """The attempt a live queue lock `row` was taken for, if it is still running."""
+    job = summaries.get(row.locked_job)
+    # The live lock was taken for this job's current attempt (see in_progress).
+    if job is None or job.done or job.attempted_at is None:
+        return None
+    return RunningAttempt(row.locked_by, row.queue, job, job.attempted_at, row.locked_until)
+
+
+def queue_statuses(
+    rows: Sequence[sa.Row[Any]],
+    summaries: dict[int, JobSummary],
+    failed: dict[str, int],
+    suspensions: Sequence[Suspension],
+    now: datetime,
+) -> list[QueueStatus]:
+    """The statuses of queue `rows`, from their jobs' summaries (`read_summaries`), their
+    failed counts and the scope's suspensions, at database time `now`."""
+    scope_suspension = next((s for s in suspensions if s.queue is None), None)
+    own = {s.queue: s for s in suspensions if s.queue is not None}
+    result = []
+    for r in rows:
+        live = r.token is not None and r.locked_until > now
+        result.append(
+            QueueStatus(
+                queue=r.queue,
+                pending=r.pending,
+                failed=failed.get(r.queue, 0),
+                head=summaries.get(r.head_id),
+                lock=Lock(r.queue, r.locked_by, r.locked_at, r.locked_until, r.locked_job)
+                if live
+                else None,
+                suspended=own.get(r.queue) or scope_suspension,
+                running=running_attempt(r, summaries) if live else None,
+            )
+        )
+    return result
 
 
 class Inspection:
@@ -61,65 +129,20 @@ class Inspection:
             counted = conn.execute(
                 sa.select(sa.func.count(), sa.func.count(queues.c.blocked_since)).where(mine)
             ).one()
-            names = [r.queue for r in page]
             running_rows = conn.execute(
                 sa.select(queues).where(mine, queues.c.locked_until > now)
             ).all()
-            wanted = {r.head_id for r in page if r.head_id is not None}
-            wanted |= {r.locked_job for r in running_rows if r.locked_job is not None}
-            summaries = {
-                j.id: j
-                for j in (
-                    summary_from_mapping(r._mapping)
-                    for r in conn.execute(
-                        sa.select(*summary_columns(jobs)).where(jobs.c.id.in_(sorted(wanted)))
-                    )
-                )
-            }
-            failed: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(jobs.c.queue, sa.func.count())
-                    .where(
-                        jobs.c.scope == self.scope,
-                        jobs.c.queue.in_(names),
-                        jobs.c.state.in_(_FAILED),
-                    )
-                    .group_by(jobs.c.queue)
-                ).all()
-            )
-            suspensions = [
-                row_to_suspension(r)
-                for r in conn.execute(
-                    sa.select(sus).where(sus.c.scope == self.scope).order_by(sus.c.queue)
-                )
-            ]
+            summaries = read_summaries(conn, jobs, running_rows, page)
+            failed = failed_counts(conn, jobs, self.scope, [r.queue for r in page])
+            suspensions = read_suspensions(conn, sus, self.scope)
             schedules = read_statuses(conn, t.schedules, self.scope)
         scope_suspension = next((s for s in suspensions if s.queue is None), None)
-        own = {s.queue: s for s in suspensions if s.queue is not None}
         nodes: dict[str, list[RunningAttempt]] = {}
-        running: dict[str, RunningAttempt] = {}
         for r in running_rows:
-            job = summaries.get(r.locked_job)
-            # The live lock was taken for this job's current attempt (see in_progress).
-            if job is None or job.done or job.attempted_at is None:
-                continue
-            attempt = RunningAttempt(r.locked_by, r.queue, job, job.attempted_at, r.locked_until)
-            running[r.queue] = attempt
-            nodes.setdefault(r.locked_by, []).append(attempt)
-        result = [
-            QueueStatus(
-                queue=r.queue,
-                pending=r.pending,
-                failed=int(failed.get(r.queue, 0)),
-                head=summaries.get(r.head_id),
-                lock=None
-                if r.token is None or r.locked_until <= now
-                else Lock(r.queue, r.locked_by, r.locked_at, r.locked_until, r.locked_job),
-                suspended=own.get(r.queue) or scope_suspension,
-                running=running.get(r.queue),
-            )
-            for r in page
-        ]
+            attempt = running_attempt(r, summaries)
+            if attempt is not None:
+                nodes.setdefault(attempt.node, []).append(attempt)
+        result = queue_statuses(page, summaries, failed, suspensions, now)
         more = limit is not None and len(page) == limit and len(page) > 0
         return Status(
             self.scope,
