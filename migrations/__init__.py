@@ -32,6 +32,7 @@ _MODULES = [
     "v003_queues",
     "v004_unique_keys",
     "v005_schedules",
+    "v006_trace_context",
 ]
 
 

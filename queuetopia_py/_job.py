@@ -180,6 +180,9 @@ class JobSummary:
     interventions: tuple[Intervention, ...] = ()
     #: While the job is pending, no other pending job of its scope has this key.
     unique_key: str | None = None
+    #: The trace context of the span the job was created in (JSON of the W3C
+    #: `traceparent` and `tracestate`), when tracing was on: see docs/tracing.md.
+    trace_context: str | None = None
 
     @property
     def sequence(self) -> int:
@@ -258,6 +261,8 @@ class NewJob:
     #: The size of `params` as JSON text (0: not measured).
     params_bytes: int = 0
     unique_key: str | None = None
+    #: The trace context to store with the job (see `JobSummary.trace_context`).
+    trace_context: str | None = None
 
 
 def validate_name(field: str, value: object) -> str:

@@ -146,6 +146,12 @@ def claim_token_type() -> Any:
     return String(32)
 
 
+def trace_context_type() -> Any:
+    """The trace context of a job: the carrier an OpenTelemetry propagator fills (W3C
+    `traceparent`, `tracestate`), as JSON text."""
+    return Text()
+
+
 @dataclass(frozen=True)
 class Tables:
     """The tables of one prefix, bound to their own `MetaData`."""
@@ -161,7 +167,7 @@ class Tables:
 
 
 def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
-    """Describe the tables under `prefix` (validated): schema version 5.
+    """Describe the tables under `prefix` (validated): schema version 6.
 
     `jobs` holds one row a job. `queues` holds one row a queue with pending work (or
     locked): its head job, the head's due time, its pending count, and its lock, kept
@@ -208,6 +214,8 @@ def build_tables(prefix: str = defaults.TABLE_PREFIX) -> Tables:
         Column("claim_token", claim_token_type(), nullable=True),
         # At most one pending job of a scope holds a key (schema version 4).
         Column("unique_key", name_type(), nullable=True),
+        # The trace context the job was created in, when tracing is on (schema version 6).
+        Column("trace_context", trace_context_type(), nullable=True),
         # A queue's jobs in order (its head first), by state.
         Index(f"ix_{prefix}jobs_queue_order", "scope", "queue", "state", "scheduled_at", "id"),
         # A scope's jobs in order, by state: listings and the cleaner.

@@ -85,6 +85,7 @@ def _summary_fields(m: Mapping[Any, Any]) -> dict[str, Any]:
         else Progress(m["progress_message"], m["progress_fraction"], m["progress_at"]),
         "interventions": tuple(Intervention.from_json(i) for i in m["interventions"] or ()),
         "unique_key": m["unique_key"],
+        "trace_context": m["trace_context"],
     }
 
 
@@ -171,6 +172,7 @@ def _new_job(scope: str, new: NewJob, row: Sequence[Any]) -> Job:
         on_failure=new.on_failure,
         dead_letter_queue=new.dead_letter_queue,
         unique_key=new.unique_key,
+        trace_context=new.trace_context,
     )
 
 
@@ -187,7 +189,15 @@ _GIVEN = (
 )
 
 
-def _insert_values(new: NewJob) -> dict[str, Any]:
+def _traced(news: Sequence[NewJob]) -> bool:
+    """Whether any of `news` has a trace context: only then do their inserts name the
+    column (without tracing, the statements are those of schema version 5)."""
+    return any(new.trace_context is not None for new in news)
+
+
+def _insert_values(new: NewJob, traced: bool = False) -> dict[str, Any]:
+    """The bound values of `new`'s insert; with `traced` (or a trace context), the trace
+    context too (an insert of several rows binds the same columns for each)."""
     given = (
         new.queue,
         new.action,
@@ -198,7 +208,10 @@ def _insert_values(new: NewJob) -> dict[str, Any]:
         new.on_failure,
         new.dead_letter_queue,
     )
-    return {**dict(zip(_GIVEN, given, strict=True)), "given_scheduled_at": new.scheduled_at}
+    values = {**dict(zip(_GIVEN, given, strict=True)), "given_scheduled_at": new.scheduled_at}
+    if traced or new.trace_context is not None:
+        values["trace_context"] = new.trace_context
+    return values
 
 
 def counted(created: Sequence[Job]) -> list[Enqueued]:
@@ -278,23 +291,34 @@ class JobStore:
         # The pending job of the scope that holds a unique key.
         self._holder = sa.select(jobs).where(jobs.c.scope == scope, *unique_held(jobs, db.dialect))
         self._summaries = sa.select(*summary_columns(jobs)).where(jobs.c.scope == scope)
+        # PostgreSQL, each with and without the trace context column.
         self._create_announced = (
-            self._build_create_announced() if db.dialect == "postgresql" else None
+            {traced: self._build_create_announced(traced) for traced in (False, True)}
+            if db.dialect == "postgresql"
+            else None
         )
-        # PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) for many jobs, whatever
-        # their number: a short statement that psycopg does not parse again for every
-        # batch, as it would a long VALUES list. The ids follow the rows' ordinality.
-        self._insert_many_pg = sa.text(
+        self._insert_many_pg = {
+            traced: self._build_insert_many_pg(traced) for traced in (False, True)
+        }
+
+    def _build_insert_many_pg(self, traced: bool) -> sa.TextualSelect:
+        """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) for many jobs, whatever
+        their number: a short statement that psycopg does not parse again for every
+        batch, as it would a long VALUES list. The ids follow the rows' ordinality.
+        With `traced`, an array of trace contexts too."""
+        jobs = self.jobs
+        return sa.text(
             f"INSERT INTO {jobs.name} (scope, queue, action, params, timeout_us,"
             " max_backoff_us, max_attempts, on_failure, dead_letter_queue, attempts, state,"
-            " scheduled_at, next_attempt_at, inserted_at)"
+            f" scheduled_at, next_attempt_at, inserted_at{', trace_context' if traced else ''})"
             " SELECT :scope, q, a, CAST(p AS json), t, b, m, f, d, 0, 'pending',"
-            " coalesce(s, now()), coalesce(s, now()), now()"
+            f" coalesce(s, now()), coalesce(s, now()), now(){', c' if traced else ''}"
             " FROM unnest(CAST(:queues AS text[]), CAST(:actions AS text[]),"
             " CAST(:params AS text[]), CAST(:timeouts AS bigint[]), CAST(:backoffs AS bigint[]),"
             " CAST(:maxes AS integer[]), CAST(:modes AS text[]), CAST(:letters AS text[]),"
-            " CAST(:scheduled AS timestamptz[]))"
-            " WITH ORDINALITY AS n(q, a, p, t, b, m, f, d, s, i)"
+            " CAST(:scheduled AS timestamptz[])"
+            f"{', CAST(:traces AS text[])' if traced else ''})"
+            f" WITH ORDINALITY AS n(q, a, p, t, b, m, f, d, s, {'c, ' if traced else ''}i)"
             " ORDER BY i RETURNING id, scheduled_at, inserted_at"
         ).columns(
             jobs.c.id, sa.column("scheduled_at", UtcDateTime), sa.column("inserted_at", UtcDateTime)
@@ -322,13 +346,15 @@ class JobStore:
             index_elements=[jobs.c.scope, jobs.c.unique_key], index_where=sa.text(UNIQUE_HELD)
         ).returning(jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at)
 
-    def _build_create_announced(self) -> sa.Select[Any]:
+    def _build_create_announced(self, traced: bool) -> sa.Select[Any]:
         """PostgreSQL: the single-job insert, the count of the job into its queue's row,
-        and its announcement, as one statement of data-modifying CTEs."""
+        and its announcement, as one statement of data-modifying CTEs (with `traced`, the
+        insert writes the trace context too)."""
         jobs = self.jobs
+        given = (*_GIVEN, "trace_context") if traced else _GIVEN
         # Inside a CTE every column must be named with its bind parameter.
         created = (
-            self._insert_plain.values({c: sa.bindparam(c, type_=jobs.c[c].type) for c in _GIVEN})
+            self._insert_plain.values({c: sa.bindparam(c, type_=jobs.c[c].type) for c in given})
             .returning(jobs.c.id, jobs.c.scheduled_at, jobs.c.inserted_at, jobs.c.queue)
             .cte("created")
         )
@@ -438,7 +464,9 @@ class JobStore:
         if len(news) > 1 and dialect.name == "postgresql":
             return self._insert_unnest(conn, news)
         if len(news) > 1 and dialect.insert_executemany_returning_sort_by_parameter_order:
-            return [tuple(r) for r in conn.execute(self._insert, [_insert_values(n) for n in news])]
+            traced = _traced(news)
+            values = [_insert_values(n, traced) for n in news]
+            return [tuple(r) for r in conn.execute(self._insert, values)]
         return [self._insert_one(conn, _insert_values(new)) for new in news]
 
     def create_one(self, new: NewJob, *, origin: str) -> Created:
@@ -456,9 +484,8 @@ class JobStore:
         statement on `conn`."""
         assert self._create_announced is not None
         payload = Announcement(self.scope, new.queue, origin).to_payload()
-        row = conn.execute(
-            self._create_announced, {**_insert_values(new), "b_payload": payload}
-        ).one()
+        statement = self._create_announced[new.trace_context is not None]
+        row = conn.execute(statement, {**_insert_values(new), "b_payload": payload}).one()
         job = _new_job(self.scope, new, row[:3])
         return Created([job], [job])
 
@@ -498,7 +525,10 @@ class JobStore:
         )
         params: dict[str, Any] = {n: list(c) for n, c in zip(_UNNEST, columns, strict=True)}
         params["scope"] = self.scope
-        rows = conn.execute(self._insert_many_pg, params)
+        traced = _traced(news)
+        if traced:
+            params["traces"] = [n.trace_context for n in news]
+        rows = conn.execute(self._insert_many_pg[traced], params)
         return sorted((tuple(r) for r in rows), key=lambda r: int(r[0]))
 
     # -- reading ---------------------------------------------------------------------------

@@ -371,6 +371,8 @@ class RecordStore:
                         max_backoff=job.max_backoff,
                         max_attempts=job.max_attempts,
                         scheduled_at=None,
+                        # Its attempts there join the trace its first ones joined.
+                        trace_context=job.trace_context,
                     )
                 ],
                 origin=self.where.node,

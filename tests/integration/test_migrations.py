@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -232,4 +233,42 @@ def test_down_to_v3_and_up_again_keeps_the_jobs_and_frees_their_keys(db_url: str
     assert queue.get_job(held.id).unique_key is None  # type: ignore[union-attr]
     assert queue.create_job("q", "a", {"n": 3}, unique_key="k").id != held.id
     assert queue.status().schedules == []
+    queue.stop()
+
+
+def test_down_to_v5_drops_the_trace_contexts_and_up_again_keeps_the_jobs(db_url: str) -> None:
+    from queuetopia_py._job import validate_new_job
+    from queuetopia_py._store.database import Database
+    from queuetopia_py._store.jobs import JobStore
+
+    migrate(db_url)
+    engine = create_engine(db_url)
+    carried = '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+    new = validate_new_job(
+        "q", "a", {"n": 1}, timeout=60, max_backoff=60, max_attempts=3, scheduled_at=None
+    )
+    store = JobStore(Database(engine, build_tables()), "traces")
+    with engine.begin() as conn:
+        (job,) = store.create(conn, [replace(new, trace_context=carried)]).jobs
+    assert store.get(job.id).trace_context == carried  # type: ignore[union-attr]
+    assert migrate(db_url, to=5) == 5
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("queuetopia_jobs")}
+    assert "trace_context" not in columns
+    # A node of version 5 inserts without the column; version 6 reads those rows as untraced.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO queuetopia_jobs (scope, queue, action, params, timeout_us,"
+                " max_backoff_us, max_attempts, attempts, scheduled_at, next_attempt_at,"
+                " inserted_at) SELECT scope, queue, action, params, timeout_us, max_backoff_us,"
+                " max_attempts, 0, scheduled_at, next_attempt_at, inserted_at"
+                " FROM queuetopia_jobs WHERE id = :id"
+            ),
+            {"id": job.id},
+        )
+    engine.dispose()
+    assert migrate(db_url) == LATEST
+    queue = Queuetopia(repo=db_url, scope="traces")
+    jobs = queue.list_jobs()
+    assert [(j.params, j.trace_context) for j in jobs] == [({"n": 1}, None)] * 2
     queue.stop()

@@ -162,8 +162,9 @@ def test_a_malicious_table_prefix_is_refused_everywhere(prefix: str, tmp_path: P
 
 def test_the_statements_written_as_text_bind_every_value() -> None:
     store = JobStore(Database(sa.create_engine("postgresql+psycopg://")), EVIL)
-    text = str(store._insert_many_pg)
-    assert EVIL not in text and ":scope" in text
+    for traced in (False, True):  # with and without the jobs' trace contexts
+        text = str(store._insert_many_pg[traced])
+        assert EVIL not in text and ":scope" in text
 
 
 @pytest.mark.parametrize("dialect", [postgresql.dialect(), mysql.dialect(), sqlite.dialect()])
