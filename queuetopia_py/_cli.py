@@ -18,6 +18,7 @@ Operating the queues of a database (`--repo URL` or QUEUETOPIA_REPO, `--json` fo
     $ queuetopia schedules [--scope S]              # periodic jobs: next and last fire times
     $ queuetopia rows list                          # row sources installed, and their state
     $ queuetopia rows install|uninstall|backfill|check myapp.jobs:ClassifyPhotos
+    $ queuetopia dashboard [--host H] [--port P]    # the web dashboard (the `web` extra)
 
 Every option can also be given as an environment variable named after the command and
 the option, e.g. `QUEUETOPIA_WORKER_REPO` for `queuetopia worker --repo`; the operations
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import ipaddress
 import json
 import logging
 import math
@@ -448,6 +450,11 @@ def ops_options(command: F) -> F:
         default=False,
         help="Print one JSON document on stdout instead of text.",
     )(command)
+    return repo_options(command)
+
+
+def repo_options(command: F) -> F:
+    """Add the options that name the tables: `--repo` and `--prefix`."""
     command = click.option(
         "--prefix",
         default=defaults.TABLE_PREFIX,
@@ -1172,6 +1179,82 @@ def schedules_command(scope: str | None, repo: str, prefix: str, as_json: bool) 
         for s in statuses
     ]
     echo_report([render_table(headers, rows, width=terminal_width(), shrink=("scope",))])
+
+
+# -- dashboard ---------------------------------------------------------------------------
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command("dashboard")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    default=False,
+    help="Let anyone who reaches the dashboard in (only with a loopback --host).",
+)
+@click.option(
+    "--read-only", is_flag=True, default=False, help="Show the queues; refuse every action."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@repo_options
+def dashboard_command(
+    host: str, port: int, no_auth: bool, read_only: bool, log_level: str, repo: str, prefix: str
+) -> None:
+    """Serve the dashboard: the queues, blocked ones first, with the actions that
+    unblock them (needs the `web` extra: pip install 'queuetopia_py[web]').
+
+    Signing in takes the HTTP Basic credentials set in QUEUETOPIA_DASHBOARD_USER and
+    QUEUETOPIA_DASHBOARD_PASSWORD; without them the command refuses to start, unless
+    --no-auth on a loopback --host. Each action is recorded on the job with the user
+    as `by`. The Prometheus metrics are served at /metrics.
+    """
+    user = os.environ.get("QUEUETOPIA_DASHBOARD_USER", "")
+    password = os.environ.get("QUEUETOPIA_DASHBOARD_PASSWORD", "")
+    if no_auth:
+        if not _loopback(host):
+            raise click.UsageError(
+                f"--no-auth serves only a loopback --host (127.0.0.1, ::1, localhost), not"
+                f" {host!r}: anyone who reaches it could see the jobs and act on them"
+            )
+    elif not user or not password:
+        raise click.UsageError(
+            "set QUEUETOPIA_DASHBOARD_USER and QUEUETOPIA_DASHBOARD_PASSWORD (HTTP Basic"
+            " sign-in), or pass --no-auth to serve this machine only"
+        )
+    try:
+        import uvicorn
+
+        from queuetopia_py.web import basic_auth, create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs the web extra: pip install 'queuetopia_py[web]' ({exc})"
+        ) from exc
+    with open_tables(repo, prefix):
+        pass  # the tables exist, at this version's schema
+    with ops_errors(repo, prefix):
+        app = create_app(
+            repo,
+            auth=None if no_auth else basic_auth(user, password),
+            read_only=read_only,
+            table_prefix=prefix,
+        )
+    click.echo(f"queuetopia dashboard on http://{host}:{port}/ ({safe_url(repo)})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
 
 
 # -- row sources -------------------------------------------------------------------------

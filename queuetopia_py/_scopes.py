@@ -8,7 +8,10 @@ from sqlalchemy.engine import Engine
 from queuetopia_py._errors import JobNotFoundError, SchemaMissingError
 from queuetopia_py._job import Job
 from queuetopia_py._queuetopia import Queuetopia
+from queuetopia_py._schema import build_tables
 from queuetopia_py._status import ScheduleStatus
+from queuetopia_py._store.board import Board, blocked_by_scope
+from queuetopia_py._store.database import Database
 from queuetopia_py._store.schedules import schedule_statuses
 from queuetopia_py.migrations import LATEST, current_version
 
@@ -22,6 +25,15 @@ class Scopes:
         # The first instance owns the engine; `close()` disposes of it (unless given).
         self._owner = Queuetopia(repo=repo, table_prefix=prefix)
         self._instances: dict[str, Queuetopia] = {}
+        self._db = Database(self._owner.engine, build_tables(prefix))
+
+    def board(self, scope: str) -> Board:
+        """The dashboard's reads of `scope`."""
+        return Board(self._db, scope)
+
+    def blocked_by_scope(self) -> dict[str, int]:
+        """How many blocked queues each scope has (the scopes with none left out)."""
+        return blocked_by_scope(self._db)
 
     @property
     def engine(self) -> Engine:
