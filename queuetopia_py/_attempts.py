@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from queuetopia_py import _tracing as tracing
 from queuetopia_py import defaults
 from queuetopia_py._backoff import default_backoff, next_attempt_at
 from queuetopia_py._event_loop import PerformerLoop
@@ -107,6 +108,8 @@ class AttemptRunner:
         if claim.taken_over:
             self.emit(EventKind.LOCK_TAKEN_OVER, job, attempt=job.attempts)
         self.emit(EventKind.ATTEMPT_STARTED, job, attempt=job.attempts)
+        tracer = tracing.tracer()
+        trace = None if tracer is None else tracer.attempt(job, self.records.where.node)
         began = time.monotonic()
         if unready is not None:
             outcome = unready
@@ -119,7 +122,7 @@ class AttemptRunner:
                     self.progress.attempt(job) as report,
                 ):
                     outcome = self.executor.run(
-                        job, claim.started + job.timeout.total_seconds(), report, lapsed
+                        job, claim.started + job.timeout.total_seconds(), report, lapsed, trace
                     )
             except Exception as exc:  # the executor itself failed
                 logger.exception(
@@ -128,6 +131,8 @@ class AttemptRunner:
                 )
                 outcome = Outcome(describe_exception(exc))
         duration = time.monotonic() - began
+        if trace is not None:  # ended before the outcome is recorded: it covers the run
+            trace.end(outcome.error, timed_out=outcome.timed_out)
         if outcome.error is None:
             following = self._succeeded(claim, outcome, duration, claim_next=claim_next)
             return Attempted(outcome, following)

@@ -25,16 +25,19 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, Protocol
 
+from queuetopia_py import _tracing as tracing
 from queuetopia_py import defaults
 from queuetopia_py._event_loop import PerformerLoop
 from queuetopia_py._job import Job, to_result
 from queuetopia_py._performer import Performer, is_async
 from queuetopia_py._progress import Reporter, reporting
+from queuetopia_py._tracing import AttemptTrace
 
 logger = logging.getLogger("queuetopia_py.execution")
 
@@ -123,12 +126,13 @@ class Executor(Protocol):
         deadline: float,
         progress: Reporter | None = None,
         lapsed: Callable[[], bool] | None = None,
+        trace: AttemptTrace | None = None,
     ) -> Outcome:
         """Run `performer.perform(job)`, giving up at `deadline`; the attempt's
         `report_progress` calls go to `progress` (a `ProgressWriter`'s reporter, which
         returns at once and does not raise). `lapsed` tells when the queue's lock
         may be about to expire unrenewed: an executor that can stop the attempt then
-        does."""
+        does. `trace` (see `_tracing`) is made current where `perform` runs."""
         ...
 
     def prepare(self) -> None:
@@ -144,31 +148,36 @@ class Executor(Protocol):
         ...
 
 
+# What an attempt thread is handed: the job, its progress reporter and trace, and the
+# future its outcome is set on.
+_Item = tuple[Job, Reporter | None, AttemptTrace | None, Future[object]]
+
+
 class _AttemptThread:
     """A daemon thread that runs a runner's attempts one after the other. It is given up
     (told to end once its attempt returns) when an attempt outlives its deadline."""
 
     def __init__(self, performer: Performer) -> None:
         self.performer = performer
-        self._inbox: queue.SimpleQueue[tuple[Job, Reporter | None, Future[object]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._inbox: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="queuetopia-perform", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         while (item := self._inbox.get()) is not None:
-            job, progress, future = item
+            job, progress, trace, future = item
             future.set_running_or_notify_cancel()
             try:
-                with reporting(progress):
+                with reporting(progress), tracing.current(trace):
                     future.set_result(call_perform(self.performer, job))
             except BaseException as exc:
                 future.set_exception(exc)
 
-    def submit(self, job: Job, progress: Reporter | None) -> Future[object]:
+    def submit(
+        self, job: Job, progress: Reporter | None, trace: AttemptTrace | None
+    ) -> Future[object]:
         future: Future[object] = Future()
-        self._inbox.put((job, progress, future))
+        self._inbox.put((job, progress, trace, future))
         return future
 
     def end(self) -> None:
@@ -201,13 +210,14 @@ class ThreadExecutor:
         deadline: float,
         progress: Reporter | None = None,
         lapsed: Callable[[], bool] | None = None,
+        trace: AttemptTrace | None = None,
     ) -> Outcome:
         """Run the attempt on this runner's attempt thread and wait for it until
         `deadline`. A thread cannot be stopped: `lapsed` is not used."""
         if self.loop is not None:
-            return self._run_task(self.loop, job, deadline, progress)
+            return self._run_task(self.loop, job, deadline, progress, trace)
         worker = self._worker()
-        future = worker.submit(job, progress)
+        future = worker.submit(job, progress, trace)
         try:
             value = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
@@ -226,7 +236,12 @@ class ThreadExecutor:
         return succeeded(value)
 
     def _run_task(
-        self, loop: PerformerLoop, job: Job, deadline: float, progress: Reporter | None
+        self,
+        loop: PerformerLoop,
+        job: Job,
+        deadline: float,
+        progress: Reporter | None,
+        trace: AttemptTrace | None,
     ) -> Outcome:
         """Run an async perform as a task of `loop`; cancel it at `deadline`."""
         stopped = threading.Event()
@@ -234,7 +249,7 @@ class ThreadExecutor:
 
         async def attempt() -> object:
             try:
-                with reporting(progress):
+                with reporting(progress), tracing.current(trace):
                     return await perform(job)  # type: ignore[misc]
             finally:
                 stopped.set()
@@ -283,11 +298,13 @@ class InlineExecutor:
         deadline: float,
         progress: Reporter | None = None,
         lapsed: Callable[[], bool] | None = None,
+        trace: AttemptTrace | None = None,
     ) -> Outcome:
         """Run the attempt now, on this thread; neither `deadline` nor `lapsed` is
         enforced."""
         try:
-            with reporting(progress):  # the task gets this thread's context: its reporter
+            # The task gets this thread's context: its reporter and trace.
+            with reporting(progress), tracing.current(trace):
                 if self.loop is not None:
                     value = self.loop.call(self.performer.perform, job)
                 else:
@@ -343,11 +360,11 @@ def _worker_main(conn: Connection, performer: type[Performer] | Performer, paren
 
     while True:
         try:
-            job = conn.recv()
+            job, activate = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            with reporting(progress):
+            with reporting(progress), nullcontext() if activate is None else activate():
                 value = call_perform(instance, job)
             reply: tuple[str, object] = ("ok", to_result(value))
         except BaseException as exc:
@@ -454,18 +471,20 @@ class ProcessExecutor:
         deadline: float,
         progress: Reporter | None = None,
         lapsed: Callable[[], bool] | None = None,
+        trace: AttemptTrace | None = None,
     ) -> Outcome:
-        """Send the attempt to a worker; kill the worker if it is not done by `deadline`,
-        or as soon as `lapsed()` says the queue's lock may expire unrenewed (so that the
-        attempt never runs on while another node takes the queue over). Should anything
-        raise meanwhile (`progress`, an interrupt), the worker is killed before the
-        exception leaves: an attempt never runs on without an outcome."""
+        """Send the attempt (and what makes `trace` current there) to a worker; kill the
+        worker if it is not done by `deadline`, or as soon as `lapsed()` says the queue's
+        lock may expire unrenewed (so that the attempt never runs on while another node
+        takes the queue over). Should anything raise meanwhile (`progress`, an
+        interrupt), the worker is killed before the exception leaves: an attempt never
+        runs on without an outcome."""
         worker: _Worker | None = getattr(self._reserved, "worker", None)
         self._reserved.worker = None
         if worker is None or not worker.process.is_alive():
             worker = self._take()
         try:
-            worker.conn.send(job)
+            worker.conn.send((job, None if trace is None else trace.carried()))
             while True:
                 remaining = deadline - time.monotonic()
                 wait = remaining if lapsed is None else min(remaining, _LEASE_CHECK)

@@ -14,6 +14,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from sqlalchemy.engine import Connection, Engine
 
 from queuetopia_py import _listener as listener
+from queuetopia_py import _tracing as tracing
 from queuetopia_py import defaults
 from queuetopia_py._commits import CommitFollower
 from queuetopia_py._errors import (
@@ -291,16 +293,32 @@ class Queuetopia:
         ...                    for t in recipients])
         """
         news = [self._validate_item(index, item) for index, item in enumerate(jobs)]
-        return self._create(news, connection) if news else []
+        return self._create(news, connection, batch=True) if news else []
 
-    def _create(self, news: list[NewJob], connection: Connection | None) -> list[Job]:
+    def _create(
+        self, news: list[NewJob], connection: Connection | None, *, batch: bool = False
+    ) -> list[Job]:
+        """Store `news` as `_store` does; with a tracer installed, in the trace of a
+        creation (`batch`: by `create_jobs`), whose context each job carries."""
+        tracer = tracing.tracer()
+        if tracer is None:
+            return self._store(news, connection).jobs
+        with tracer.publish(self.scope, self.node, news, batch=batch) as publication:
+            context = publication.trace_context
+            if context is not None:
+                news = [replace(new, trace_context=context) for new in news]
+            created = self._store(news, connection)
+            publication.created(created.jobs, created.new)
+        return created.jobs
+
+    def _store(self, news: list[NewJob], connection: Connection | None) -> Created:
         """Store `news` (in the caller's transaction, with `connection`), announce them to
         the other nodes (PostgreSQL) and offer their queues to this node's scheduler."""
         if connection is not None:
             with self._db.transaction(connection) as conn:
                 created = self._jobs.create(conn, news, origin=self._origin)
             self._commits.follow(connection, created.new)
-            return created.jobs
+            return created
 
         def insert() -> Created:
             if len(news) == 1:
@@ -310,7 +328,7 @@ class Queuetopia:
 
         created = self._db.retrying(insert, conflicts_only=True)
         self._created(created.new)
-        return created.jobs
+        return created
 
     def _created(self, created: list[Job]) -> None:
         """Tell of jobs that exist now: their events, and their queues offered."""
