@@ -1,1 +1,1 @@
-"""Integrations with other tools, each behind an extra of its own (`prometheus`)."""
+"""Integrations with other tools, each behind an extra of its own (`prometheus`, `otel`)."""
