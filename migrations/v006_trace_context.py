@@ -20,13 +20,9 @@ if TYPE_CHECKING:
 
 
 def upgrade(op: Operations, prefix: str) -> None:
-    """Add the trace context column."""
-    jobs = f"{prefix}jobs"
-    if op.get_bind().dialect.name in ("mysql", "mariadb"):
-        # Beside `unique_key`, before the generated `unique_pending`, as a fresh table has it.
-        op.execute(sa.text(f"ALTER TABLE {jobs} ADD COLUMN trace_context TEXT AFTER unique_key"))
-        return
-    op.add_column(jobs, sa.Column("trace_context", trace_context_type(), nullable=True))
+    """Add the trace context column, last: on MariaDB/MySQL, a column placed before the
+    indexed generated `unique_pending` would have the table copied, not rebuilt in place."""
+    op.add_column(f"{prefix}jobs", sa.Column("trace_context", trace_context_type(), nullable=True))
 
 
 def downgrade(op: Operations, prefix: str) -> None:

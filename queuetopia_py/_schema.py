@@ -293,12 +293,13 @@ def unique_key_index(prefix: str) -> Index:
 
 def unique_key_ddl(prefix: str) -> list[str]:
     """MariaDB and MySQL: the statements that add `unique_pending` (the key of a pending
-    job, NULL otherwise) and its unique index, after the `unique_key` column."""
+    job, NULL otherwise) and its unique index, after the `unique_key` column (where
+    version 4 appended it; a fresh table has later columns after it too)."""
     jobs = f"{prefix}jobs"
     return [
         f"ALTER TABLE {jobs} ADD COLUMN unique_pending VARCHAR({defaults.MAX_NAME_LENGTH})"
         " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        " AS (CASE WHEN state = 'pending' THEN unique_key END) VIRTUAL",
+        " AS (CASE WHEN state = 'pending' THEN unique_key END) VIRTUAL AFTER unique_key",
         f"CREATE UNIQUE INDEX ux_{prefix}jobs_unique_key ON {jobs} (scope, unique_pending)",
     ]
 
