@@ -8,17 +8,29 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from queuetopia_py import __version__
 from queuetopia_py._scopes import Scopes
-from queuetopia_py.web._format import FILTERS, relative
+from queuetopia_py.web._format import FILTERS, HIDDEN, relative
 from queuetopia_py.web._live import Live
 from queuetopia_py.web._security import CSRF_FIELD, Csrf
 
 _HERE = Path(__file__).parent
+
+
+def _finalize(value: Any) -> Any:
+    """Every value a template prints: text HTML-escaped, and its invisible characters as
+    character references, so that the page's source holds none of them raw (attribute
+    values keep the exact text, for the forms that send it back). Text meant to be read
+    goes through the `visible` filter first, which shows them."""
+    if isinstance(value, markupsafe.Markup) or not isinstance(value, str):
+        return value
+    escaped = str(markupsafe.escape(value))
+    return markupsafe.Markup(HIDDEN.sub(lambda m: f"&#{ord(m.group())};", escaped))
 
 
 def templates() -> Jinja2Templates:
@@ -29,6 +41,7 @@ def templates() -> Jinja2Templates:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_finalize,
     )
     env.filters.update(FILTERS)
     env.globals["relative"] = relative

@@ -13,7 +13,7 @@ from queuetopia_py._job import error_line
 
 # C0 controls but tab and newline, DEL, C1 controls, and the characters that reorder
 # text (bidirectional overrides and isolates, marks): shown as escapes, never obeyed.
-_HIDDEN = re.compile(
+HIDDEN = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069\ufeff]"
 )
 
@@ -25,7 +25,7 @@ def _escape(match: re.Match[str]) -> str:
 
 def visible(value: Any) -> str:
     """`value` as text, its invisible and reordering characters written as escapes."""
-    return _HIDDEN.sub(_escape, "" if value is None else str(value))
+    return HIDDEN.sub(_escape, "" if value is None else str(value))
 
 
 def first_line(error: str | None) -> str:
