@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,12 @@ logger = logging.getLogger("queuetopia_py.web")
 KEEP_ALIVE = 15.0
 
 
+def digest(fingerprint: tuple[Any, ...]) -> str:
+    """A short digest of a scope's fingerprint (`Board.fingerprint`), that a page
+    passes to its live feed."""
+    return hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:20]
+
+
 class _Watch:
     """The watcher of one scope: `version` grows at each change seen."""
 
@@ -36,6 +43,9 @@ class _Watch:
         self.wake = asyncio.Event()
         self.users = 0
         self.task: asyncio.Task[None] | None = None
+        #: The digest of the latest fingerprint read, once `ready` is set.
+        self.digest: str | None = None
+        self.ready = asyncio.Event()
 
     def bump(self) -> None:
         self.version += 1
@@ -52,8 +62,10 @@ class Live:
         self._watches: dict[str, _Watch] = {}
         self._origin = f"dashboard:{uuid.uuid4()}"
 
-    async def events(self, scope: str) -> AsyncIterator[str]:
-        """The event stream of `scope`: `change` events, and keep-alive comments."""
+    async def events(self, scope: str, seen: str | None) -> AsyncIterator[str]:
+        """The event stream of `scope`: `change` events, and keep-alive comments. `seen`
+        is the digest of the fingerprint the page was read after (see `digest`): when
+        the scope has changed since, or it is not known, a `change` comes first."""
         watch = self._watches.get(scope)
         if watch is None:
             watch = self._watches[scope] = _Watch()
@@ -61,18 +73,25 @@ class Live:
         if watch.task is None:
             watch.task = asyncio.create_task(self._watch(scope, watch))
         try:
+            version = watch.version
             yield "retry: 2000\n\n"
-            seen = watch.version
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.ready.wait(), KEEP_ALIVE)
+            if seen is None or watch.digest != seen:
+                # Changed between the page's reading and this connection (or while the
+                # connection was lost).
+                yield f"event: change\ndata: {version}\n\n"
+            seen_version = watch.version
             while True:
                 waiting = watch.changed
-                if watch.version == seen:
+                if watch.version == seen_version:
                     try:
                         await asyncio.wait_for(waiting.wait(), KEEP_ALIVE)
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                seen = watch.version
-                yield f"event: change\ndata: {seen}\n\n"
+                seen_version = watch.version
+                yield f"event: change\ndata: {seen_version}\n\n"
         finally:
             watch.users -= 1
             if watch.users == 0:
@@ -103,6 +122,8 @@ class Live:
                     if last is not None and current != last:
                         watch.bump()
                     last = current
+                    watch.digest = digest(current)
+                    watch.ready.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watch.wake.wait(), self.poll_interval)
                 watch.wake.clear()

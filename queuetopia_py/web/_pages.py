@@ -20,6 +20,7 @@ from queuetopia_py._errors import JobNotFoundError
 from queuetopia_py._job import STORED_STATES, Job, JobState
 from queuetopia_py._store.board import SECTIONS, Cursor, Section
 from queuetopia_py.web._context import Dashboard, dashboard_of, render
+from queuetopia_py.web._live import digest
 
 #: Queues a page of the queues page shows; jobs a page of a queue's jobs.
 QUEUES_PER_PAGE = 50
@@ -92,6 +93,7 @@ async def queues(request: Request) -> Response:
         found["blocked_by_scope"] = d.scopes.blocked_by_scope()
         if scope is not None:
             board = d.scopes.board(scope)
+            found["seen"] = digest(board.fingerprint())  # before what the page shows
             found["page"] = board.queues(QUEUES_PER_PAGE, name=name, start=start)
             found["counts"] = board.counts()
             found["minutes"] = board.minutes()
@@ -128,9 +130,11 @@ async def queue(request: Request) -> Response:
 
     def read() -> dict[str, Any]:
         instance = d.scopes.scope(scope)
+        seen = digest(d.scopes.board(scope).fingerprint())  # before what the page shows
         jobs = instance.list_jobs(name, state=state, limit=JOBS_PER_PAGE + 1, after=after)
         counts = {s: instance.paginate_jobs(1, 1, queue=name, state=s).total for s in BULK_VERBS}
-        return {"status": d.scopes.board(scope).queue(name), "jobs": jobs, "counts": counts}
+        status = d.scopes.board(scope).queue(name)
+        return {"status": status, "jobs": jobs, "counts": counts, "seen": seen}
 
     found = await run_in_threadpool(read)
     jobs: list[Job] = found["jobs"]
@@ -148,6 +152,7 @@ async def queue(request: Request) -> Response:
         jobs=jobs[:JOBS_PER_PAGE],
         next_after=jobs[JOBS_PER_PAGE - 1].id if len(jobs) > JOBS_PER_PAGE else None,
         counts=found["counts"],
+        seen=found["seen"],
     )
 
 
@@ -164,18 +169,20 @@ async def job(request: Request) -> Response:
     d = dashboard_of(request)
     job_id = int(request.path_params["job_id"])
 
-    def read() -> tuple[Job, Any]:
-        found = d.scopes.job(job_id, None)
+    def read() -> tuple[Job, Any, str]:
+        instance = d.scopes.instance_of(job_id, None)
+        seen = digest(d.scopes.board(instance.scope).fingerprint())  # before the job
+        found = d.scopes.job(job_id, instance.scope)
         status = d.scopes.board(found.scope).queue(found.queue)
-        return found, status
+        return found, status, seen
 
     try:
-        found, status = await run_in_threadpool(read)
+        found, status, seen = await run_in_threadpool(read)
     except JobNotFoundError as exc:
         raise HTTPException(404, f"no job {job_id}") from exc
     attempt = None if status is None else status[1].running
     running = attempt is not None and attempt.job.id == found.id
-    return render(request, "job.html", job=found, running=running, now=datetime.now(UTC))
+    return render(request, "job.html", job=found, running=running, now=datetime.now(UTC), seen=seen)
 
 
 async def nodes(request: Request) -> Response:
@@ -211,7 +218,7 @@ async def live(request: Request) -> Response:
         scopes = await run_in_threadpool(d.scopes.known_scopes)
         scope = scopes[0] if scopes else ""
     return StreamingResponse(
-        d.live.events(scope),
+        d.live.events(scope, request.query_params.get("seen")),
         media_type="text/event-stream",
         headers={"X-Accel-Buffering": "no"},
     )
