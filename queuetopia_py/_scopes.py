@@ -31,9 +31,9 @@ class Scopes:
         """The dashboard's reads of `scope`."""
         return Board(self._db, scope)
 
-    def blocked_by_scope(self) -> dict[str, int]:
-        """How many blocked queues each scope has (the scopes with none left out)."""
-        return blocked_by_scope(self._db)
+    def blocked_by_scope(self, scopes: list[str]) -> dict[str, int]:
+        """How many blocked queues each of `scopes` has (those with none left out)."""
+        return blocked_by_scope(self._db, scopes)
 
     @property
     def engine(self) -> Engine:

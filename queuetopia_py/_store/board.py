@@ -10,7 +10,6 @@ the newest `CHART_WINDOW` jobs only, through the primary key.
 from __future__ import annotations
 
 import enum
-import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,17 +86,19 @@ class Minute:
     failed: int
 
 
-def blocked_by_scope(db: Database) -> dict[str, int]:
-    """How many blocked queues each scope has (the scopes with none left out), read
-    through the index of the blocked queues."""
+def blocked_by_scope(db: Database, scopes: list[str]) -> dict[str, int]:
+    """How many blocked queues each of `scopes` has (those with none left out), each
+    read through its range of the index of the blocked queues."""
     q = db.tables.queues
+    found: dict[str, int] = {}
     with db.transaction() as conn:
-        counted = conn.execute(
-            sa.select(q.c.scope, sa.func.count())
-            .where(q.c.blocked_since.is_not(None))
-            .group_by(q.c.scope)
-        )
-        return {scope: int(n) for scope, n in counted}
+        for scope in scopes:
+            n = conn.execute(
+                sa.select(sa.func.count()).where(q.c.scope == scope, q.c.blocked_since.is_not(None))
+            ).scalar_one()
+            if n:
+                found[scope] = int(n)
+    return found
 
 
 class Board:
@@ -115,7 +116,7 @@ class Board:
         """The conditions on a queues row of this scope to belong to `section`."""
         q = self.db.tables.queues
         sus = self.db.tables.suspensions
-        running = sa.and_(q.c.token.is_not(None), q.c.locked_until > now)
+        running = self._running(now)
         own = (
             sa.select(sus.c.queue)
             .where(sus.c.scope == q.c.scope, sus.c.queue == q.c.queue)
@@ -132,6 +133,11 @@ class Board:
         if section is Section.SUSPENDED:
             return [*conditions, suspended]
         return [*conditions, sa.not_(suspended)]
+
+    def _running(self, now: datetime) -> sa.ColumnElement[bool]:
+        """The condition on a queues row to be held by a live lock at `now`."""
+        q = self.db.tables.queues
+        return sa.and_(q.c.token.is_not(None), q.c.locked_until > now)
 
     def queues(
         self, limit: int, *, name: str | None = None, start: Cursor | None = None
@@ -151,21 +157,30 @@ class Board:
             whole = next((s for s in suspensions if s.queue is None), None)
             for section in SECTIONS[SECTIONS.index(start.section) :]:
                 wanted = limit - len(rows)
-                query = sa.select(q).where(*self._section(section, now, whole is not None))
-                if name:
-                    query = query.where(q.c.queue.contains(name, autoescape=True))
                 after = start.queue if section is start.section else None
-                if section is Section.BLOCKED:
-                    if after is not None and start.blocked_since is not None:
-                        since = sa.literal(start.blocked_since, q.c.blocked_since.type)
-                        query = query.where(follows(q.c.blocked_since, q.c.queue, since, after))
-                    query = query.order_by(q.c.blocked_since, q.c.queue)
+                if section is Section.RUNNING or (section is Section.SUSPENDED and not whole):
+                    # Few rows (the live locks, the suspensions): read by their own
+                    # index, ordered here.
+                    found = [
+                        r
+                        for r in self._few(conn, section, now)
+                        if (not name or name in r.queue) and (after is None or r.queue > after)
+                    ][: wanted + 1]
                 else:
-                    if after is not None:
-                        query = query.where(q.c.queue > after)
-                    query = query.order_by(q.c.queue)
-                # One more than wanted says whether a next page exists.
-                found = conn.execute(query.limit(wanted + 1)).all()
+                    query = sa.select(q).where(*self._section(section, now, whole is not None))
+                    if name:
+                        query = query.where(q.c.queue.contains(name, autoescape=True))
+                    if section is Section.BLOCKED:
+                        if after is not None and start.blocked_since is not None:
+                            since = sa.literal(start.blocked_since, q.c.blocked_since.type)
+                            query = query.where(follows(q.c.blocked_since, q.c.queue, since, after))
+                        query = query.order_by(q.c.blocked_since, q.c.queue)
+                    else:
+                        if after is not None:
+                            query = query.where(q.c.queue > after)
+                        query = query.order_by(q.c.queue)
+                    # One more than wanted says whether a next page exists.
+                    found = list(conn.execute(query.limit(wanted + 1)).all())
                 rows += [(section, r) for r in found[:wanted]]
                 if len(found) > wanted:
                     last = found[wanted - 1]
@@ -187,23 +202,61 @@ class Board:
             whole,
         )
 
+    def _few(self, conn: sa.Connection, section: Section, now: datetime) -> list[sa.Row[Any]]:
+        """The rows of the running section (led by the lock index), or of the suspended
+        one while the scope itself is not (led by the suspensions), by name."""
+        q = self.db.tables.queues
+        if section is Section.RUNNING:
+            rows = conn.execute(
+                sa.select(q).where(q.c.scope == self.scope, q.c.locked_until > now)
+            ).all()
+            return sorted(
+                (r for r in rows if r.token is not None and r.blocked_since is None),
+                key=lambda r: str(r.queue),
+            )
+        sus = self.db.tables.suspensions
+        rows = conn.execute(
+            sa.select(q)
+            .select_from(sus.join(q, sa.and_(q.c.scope == sus.c.scope, q.c.queue == sus.c.queue)))
+            .where(
+                sus.c.scope == self.scope,
+                q.c.blocked_since.is_(None),
+                sa.not_(self._running(now)),
+            )
+        ).all()
+        return sorted(rows, key=lambda r: str(r.queue))
+
     def counts(self) -> Counts:
-        """How many queues each section holds now."""
+        """How many queues each section holds now: one count of the scope's queues, the
+        others read through the indexes of blocked and locked queues and the (few)
+        suspensions; the waiting ones are the rest."""
+        q = self.db.tables.queues
         with self.db.transaction() as conn:
             now: datetime = conn.execute(sa.select(self.db.now())).scalar_one()
             whole = any(
                 s.queue is None
                 for s in read_suspensions(conn, self.db.tables.suspensions, self.scope)
             )
-            counted = {
-                section: int(
-                    conn.execute(
-                        sa.select(sa.func.count()).where(*self._section(section, now, whole))
-                    ).scalar_one()
+            total, blocked = conn.execute(
+                sa.select(sa.func.count(), sa.func.count(q.c.blocked_since)).where(
+                    q.c.scope == self.scope
                 )
-                for section in SECTIONS
-            }
-        return Counts(**{s.value: counted[s] for s in SECTIONS}, total=sum(counted.values()))
+            ).one()
+            running = int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(*self._section(Section.RUNNING, now, whole))
+                ).scalar_one()
+            )
+            own = 0 if whole else len(self._few(conn, Section.SUSPENDED, now))
+        rest = int(total) - int(blocked) - running
+        suspended = rest if whole else own
+        return Counts(
+            blocked=int(blocked),
+            running=running,
+            suspended=suspended,
+            waiting=rest - suspended,
+            total=int(total),
+        )
 
     def queue(self, name: str) -> tuple[Section, QueueStatus] | None:
         """The status of queue `name` and its section; None when it has no pending work
@@ -245,20 +298,26 @@ class Board:
         q, jobs, sus = t.queues, t.jobs, t.suspensions
         with self.db.transaction() as conn:
             now = conn.execute(sa.select(self.db.now())).scalar_one()
+            newest = conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar()
             queues = conn.execute(
+                sa.select(sa.func.count(), sa.func.sum(q.c.pending)).where(q.c.scope == self.scope)
+            ).one()
+            blocked = conn.execute(
                 sa.select(
                     sa.func.count(),
-                    sa.func.sum(q.c.pending),
-                    sa.func.count(q.c.blocked_since),
-                    sa.func.max(q.c.head_id),
-                    sa.func.max(q.c.locked_at),
                     sa.func.max(q.c.blocked_since),
                     sa.func.sum(q.c.head_id),
-                ).where(q.c.scope == self.scope)
+                    sa.func.max(q.c.head_due),
+                    sa.func.min(q.c.head_due),
+                ).where(q.c.scope == self.scope, q.c.blocked_since.is_not(None))
             ).one()
             running = conn.execute(
                 sa.select(
-                    sa.func.count(), sa.func.max(jobs.c.progress_at), sa.func.max(jobs.c.attempts)
+                    sa.func.count(),
+                    sa.func.max(q.c.locked_at),
+                    sa.func.sum(q.c.locked_job),
+                    sa.func.max(jobs.c.progress_at),
+                    sa.func.max(jobs.c.attempts),
                 )
                 .select_from(q.join(jobs, jobs.c.id == q.c.locked_job))
                 .where(q.c.scope == self.scope, q.c.locked_until > now)
@@ -268,7 +327,7 @@ class Board:
                     sus.c.scope == self.scope
                 )
             ).one()
-        return (*queues, *running, *suspended)
+        return (newest, *queues, *blocked, *running, *suspended)
 
     def minutes(self, count: int = 60) -> list[Minute]:
         """The jobs of this scope that ended in each of the last `count` minutes (the
@@ -282,32 +341,28 @@ class Board:
             if newest is None:
                 return [Minute(s, 0, 0) for s in starts[:-1]]
 
-            def per_minute(column: sa.Column[Any], *states: JobState) -> list[Any]:
-                return [
-                    sa.func.count(
-                        sa.case(
-                            (
-                                sa.and_(
-                                    column >= sa.literal(a, column.type),
-                                    column < sa.literal(b, column.type),
-                                    jobs.c.state.in_(states),
-                                ),
-                                1,
-                            )
-                        )
-                    )
-                    for a, b in itertools.pairwise(starts)
-                ]
-
-            since = sa.literal(starts[0], jobs.c.done_at.type)
-            row = conn.execute(
-                sa.select(
-                    *per_minute(jobs.c.done_at, JobState.DONE),
-                    *per_minute(jobs.c.ended_at, *_ENDED_BADLY),
-                ).where(
-                    jobs.c.id > int(newest) - CHART_WINDOW,
-                    jobs.c.scope == self.scope,
-                    sa.or_(jobs.c.done_at >= since, jobs.c.ended_at >= since),
+            def per_minute(column: sa.Column[Any], *states: JobState) -> dict[int, int]:
+                """How many of the window's jobs in `states` have `column` in each
+                minute (by the minute's index), the jobs that ended read once each."""
+                minute = sa.case(
+                    *((column < sa.literal(b, column.type), i) for i, b in enumerate(starts[1:])),
+                    else_=count,
                 )
-            ).one()
-        return [Minute(starts[i], int(row[i]), int(row[count + i])) for i in range(count)]
+                ended = (
+                    sa.select(minute.label("minute"))
+                    .where(
+                        jobs.c.id > int(newest) - CHART_WINDOW,
+                        jobs.c.scope == self.scope,
+                        jobs.c.state.in_(states),
+                        column >= sa.literal(starts[0], column.type),
+                    )
+                    .subquery("ended")
+                )
+                counted = conn.execute(
+                    sa.select(ended.c.minute, sa.func.count()).group_by(ended.c.minute)
+                )
+                return {int(i): int(n) for i, n in counted}
+
+            done = per_minute(jobs.c.done_at, JobState.DONE)
+            failed = per_minute(jobs.c.ended_at, *_ENDED_BADLY)
+        return [Minute(starts[i], done.get(i, 0), failed.get(i, 0)) for i in range(count)]

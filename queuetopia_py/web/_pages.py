@@ -25,6 +25,8 @@ from queuetopia_py.web._live import digest
 #: Queues a page of the queues page shows; jobs a page of a queue's jobs.
 QUEUES_PER_PAGE = 50
 JOBS_PER_PAGE = 50
+#: Scopes the queues page names (with their blocked queues); the others are counted.
+SCOPES_SHOWN = 50
 #: The states whose jobs a bulk action takes, with the verbs it may apply to them.
 BULK_VERBS: dict[str, tuple[str, ...]] = {
     JobState.PENDING: ("abort", "cancel"),
@@ -90,7 +92,7 @@ async def queues(request: Request) -> Response:
     def read() -> dict[str, Any]:
         scopes, scope = _scope_choice(d, _text(request, "scope"))
         found: dict[str, Any] = {"scopes": scopes, "scope": scope}
-        found["blocked_by_scope"] = d.scopes.blocked_by_scope()
+        found["blocked_by_scope"] = d.scopes.blocked_by_scope(scopes[:SCOPES_SHOWN])
         if scope is not None:
             board = d.scopes.board(scope)
             found["seen"] = digest(board.fingerprint())  # before what the page shows
@@ -109,6 +111,7 @@ async def queues(request: Request) -> Response:
         request,
         "queues.html",
         groups=groups,
+        scopes_shown=SCOPES_SHOWN,
         name=name,
         sections=SECTIONS,
         next_cursor=encode_cursor(page.next) if page else None,

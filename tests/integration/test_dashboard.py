@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from recording import Recorder
 
 from queuetopia_py import Job, Performer, Queuetopia
 from queuetopia_py.testing import drain
@@ -349,3 +352,42 @@ def test_the_chart_counts_the_jobs_that_ended_this_hour(
     page = client.get("/queues", params={"scope": SCOPE}).text
     assert 'Last hour: <span class="done-key">4 done</span>' in page
     assert "1 failed" in page
+
+
+def test_sections_come_in_order_with_their_counts(
+    make_queue: Callable[..., Queuetopia], client: TestClient
+) -> None:
+    release = threading.Event()
+
+    def behaviour(job: Job) -> None:
+        if job.action == "hold":
+            release.wait(30)
+        fail_bad(job)
+
+    recorder = Recorder(behaviour)
+    node = make_queue(scope=SCOPE, performer=recorder, poll_interval=0.1, max_backoff=3600)
+    node.create_job("z_running", "hold", {})
+    node.create_job("m_blocked", "fail", {})
+    node.create_job("b_waiting", "send", {}, scheduled_at=datetime.now(UTC) + timedelta(hours=1))
+    node.create_job("c_suspended", "send", {}, scheduled_at=datetime.now(UTC) + timedelta(hours=1))
+    node.suspend("c_suspended", by="setup")
+    try:
+        node.start()
+        recorder.wait(lambda r: len(r.failed) == 1 and len(r.started) == 2)
+        page = client.get("/queues", params={"scope": SCOPE}).text
+        order = re.findall(r'<tr class="queue (\w+)" data-queue="([^"]+)"', page)
+        assert order == [
+            ("blocked", "m_blocked"),
+            ("running", "z_running"),
+            ("suspended", "c_suspended"),
+            ("waiting", "b_waiting"),
+        ]
+        counts = dict(
+            (label, int(n))
+            for n, label in re.findall(r"<strong>(\d+)</strong> (\w+ ?\w*)</li>", page)
+        )
+        assert counts == {"blocked": 1, "running": 1, "suspended": 1, "waiting": 1, "in all": 4}
+        # The running attempt shows on the nodes page too.
+        assert "z_running" in client.get("/nodes").text
+    finally:
+        release.set()
