@@ -29,8 +29,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
-
 from benchdb import fresh_databases
+
 from queuetopia_py import Job, Performer, Queuetopia
 from queuetopia_py._store.board import Cursor, Section
 from queuetopia_py.testing import drain
@@ -85,6 +85,51 @@ def timed(call: Callable[[], object], calls: int) -> list[float]:
     return times
 
 
+def measure(backend: str, url: str, queues: int, calls: int) -> None:
+    """Load one database and print the timings of its pages."""
+    started = time.perf_counter()
+    node = load(url, queues)
+    loaded = time.perf_counter() - started
+    app = create_app(url, auth=None)
+    client = TestClient(app)
+    head = node.list_jobs("blocked_00", limit=1)[0]
+    middle = encode_cursor(Cursor(Section.WAITING, f"q{queues // 2:06}"))
+    board = app.state.dashboard.scopes.board(SCOPE)
+
+    def page(path: str) -> Callable[[], object]:
+        def get() -> object:
+            response = client.get(path)
+            assert response.status_code == 200, (path, response.text[:500])
+            return response
+
+        return get
+
+    cases: dict[str, Callable[[], object]] = {
+        "status(50)": lambda: node.status(50),
+        "/queues": page(f"/queues?scope={SCOPE}"),
+        "/queues deep": page(f"/queues?scope={SCOPE}&cursor={middle}"),
+        "/queues?name=": page(f"/queues?scope={SCOPE}&name=q09999"),
+        "/queue": page(f"/queue?scope={SCOPE}&queue=blocked_00"),
+        "/jobs/ID": page(f"/jobs/{head.id}"),
+        "fingerprint": board.fingerprint,
+    }
+    for call in cases.values():  # warm-up
+        call()
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(calls):  # interleaved
+        for name, call in cases.items():
+            results[name] += timed(call, 1)
+    base = statistics.median(results["status(50)"])
+    print(f"\n{backend}: {queues:,} waiting queues + 20 blocked (loaded in {loaded:.0f} s)")
+    print(f"{'':16} {'median ms':>10} {'p95 ms':>8} {'x status(50)':>13}")
+    for name, times in results.items():
+        median = statistics.median(times)
+        p95 = sorted(times)[max(0, int(len(times) * 0.95) - 1)]
+        print(f"{name:16} {median * 1000:10.1f} {p95 * 1000:8.1f} {median / base:13.2f}")
+    app.state.dashboard.close()
+    node.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="sqlite,postgresql,mariadb")
@@ -92,47 +137,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
     for backend, url in fresh_databases(args.backends):
-        started = time.perf_counter()
-        node = load(url, args.queues)
-        loaded = time.perf_counter() - started
-        app = create_app(url, auth=None)
-        client = TestClient(app)
-        head = node.list_jobs("blocked_00", limit=1)[0]
-        middle = encode_cursor(Cursor(Section.WAITING, f"q{args.queues // 2:06}"))
-        board = app.state.dashboard.scopes.board(SCOPE)
-
-        def page(path: str) -> Callable[[], object]:
-            def get() -> object:
-                response = client.get(path)
-                assert response.status_code == 200, (path, response.text[:500])
-                return response
-
-            return get
-
-        cases: dict[str, Callable[[], object]] = {
-            "status(50)": lambda: node.status(50),
-            "/queues": page(f"/queues?scope={SCOPE}"),
-            "/queues deep": page(f"/queues?scope={SCOPE}&cursor={middle}"),
-            "/queues?name=": page(f"/queues?scope={SCOPE}&name=q09999"),
-            "/queue": page(f"/queue?scope={SCOPE}&queue=blocked_00"),
-            "/jobs/ID": page(f"/jobs/{head.id}"),
-            "fingerprint": board.fingerprint,
-        }
-        for call in cases.values():  # warm-up
-            call()
-        results: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(args.calls):  # interleaved
-            for name, call in cases.items():
-                results[name] += timed(call, 1)
-        base = statistics.median(results["status(50)"])
-        print(f"\n{backend}: {args.queues:,} waiting queues + 20 blocked (loaded in {loaded:.0f} s)")
-        print(f"{'':16} {'median ms':>10} {'p95 ms':>8} {'x status(50)':>13}")
-        for name, times in results.items():
-            median = statistics.median(times)
-            p95 = sorted(times)[max(0, int(len(times) * 0.95) - 1)]
-            print(f"{name:16} {median * 1000:10.1f} {p95 * 1000:8.1f} {median / base:13.2f}")
-        app.state.dashboard.close()
-        node.stop()
+        measure(backend, url, args.queues, args.calls)
 
 
 if __name__ == "__main__":
