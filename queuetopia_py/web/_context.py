@@ -3,7 +3,8 @@ the live feed, and whether actions are allowed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,14 @@ from starlette.templating import Jinja2Templates
 
 from queuetopia_py import __version__
 from queuetopia_py._scopes import Scopes
+from queuetopia_py._store.board import Minute
 from queuetopia_py.web._format import FILTERS, HIDDEN, relative
 from queuetopia_py.web._live import Live
 from queuetopia_py.web._security import CSRF_FIELD, Csrf
 
 _HERE = Path(__file__).parent
+#: Seconds the hour's chart of a scope is reused before it is read again.
+CHART_TTL = 10.0
 
 
 def _finalize(value: Any) -> Any:
@@ -58,6 +62,17 @@ class Dashboard:
     live: Live
     read_only: bool
     operator: str
+    _charts: dict[str, tuple[float, list[Minute]]] = field(default_factory=dict)
+
+    def minutes(self, scope: str) -> list[Minute]:
+        """The hour's chart of `scope`, read at most every `CHART_TTL` seconds (a
+        minute's counts can wait that long; every viewer's refresh need not read them)."""
+        cached = self._charts.get(scope)
+        now = time.monotonic()
+        if cached is None or cached[0] <= now:
+            cached = (now + CHART_TTL, self.scopes.board(scope).minutes())
+            self._charts[scope] = cached
+        return cached[1]
 
     def user(self, request: Request) -> str:
         """Who makes `request`, as recorded on what they do."""

@@ -98,7 +98,7 @@ async def queues(request: Request) -> Response:
             found["seen"] = digest(board.fingerprint())  # before what the page shows
             found["page"] = board.queues(QUEUES_PER_PAGE, name=name, start=start)
             found["counts"] = board.counts()
-            found["minutes"] = board.minutes()
+            found["minutes"] = d.minutes(scope)
         return found
 
     found = await run_in_threadpool(read)
