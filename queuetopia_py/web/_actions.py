@@ -49,12 +49,17 @@ def _field(form: FormData, name: str, *, required: bool = False) -> str | None:
     return value
 
 
-def _back(request: Request, form: FormData, **notice: Any) -> Response:
-    """Redirect (303) to the page the form came from (a path of this site only)."""
+def _back_path(request: Request, form: FormData) -> str:
+    """The page the form came from: a path of this site only (else the queues page)."""
     back = form.get("back")
     if not isinstance(back, str) or not back.startswith("/") or back.startswith(("//", "/\\")):
-        back = str(request.url_for("queues").path)
-    url = URL(back).include_query_params(**notice)
+        return str(request.url_for("queues").path)
+    return back
+
+
+def _back(request: Request, form: FormData, **notice: Any) -> Response:
+    """Redirect (303) to the page the form came from, with the action's notice."""
+    url = URL(_back_path(request, form)).include_query_params(**notice)
     return RedirectResponse(str(url), status_code=303)
 
 
@@ -140,7 +145,7 @@ async def bulk(request: Request) -> Response:
             count=jobs.total,
             limit=BULK_LIMIT,
             up_to=up_to,
-            back_to=form.get("back") or "",
+            back_to=_back_path(request, form),
         )
     up_to_text = form.get("up_to")
     if not isinstance(up_to_text, str) or not up_to_text.isdigit():

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from recording import Recorder
 
-from queuetopia_py import Job, Performer, Queuetopia
+from queuetopia_py import Job, Performer, Queuetopia, Schedule
 from queuetopia_py.testing import drain
 
 with warnings.catch_warnings():
@@ -391,3 +391,48 @@ def test_sections_come_in_order_with_their_counts(
         assert "z_running" in client.get("/nodes").text
     finally:
         release.set()
+
+
+def test_home_leads_to_the_queues_and_schedules_are_listed(
+    make_queue: Callable[..., Queuetopia], client: TestClient
+) -> None:
+    home = client.get("/")
+    assert home.status_code == 303
+    assert home.headers["location"].endswith("/queues")
+    assert "No schedule" in client.get("/schedules").text
+    node = make_queue(
+        scope=SCOPE,
+        performer=Failing(),
+        schedules=[Schedule("nightly", cron="0 2 * * *", queue="reports", action="export")],
+    )
+    node.start()
+    node.stop()
+    page = client.get("/schedules").text
+    assert "nightly" in page
+    assert "cron 0 2 * * * UTC" in page
+
+
+def test_a_bulk_retry_of_the_whole_scope_and_a_foreign_back_link(
+    node: Queuetopia, client: TestClient
+) -> None:
+    jobs = [node.create_job(f"imports_{i}", "fail", {}, max_attempts=1) for i in range(2)]
+    drain(node)
+    page = client.get("/queues", params={"scope": SCOPE}).text
+    assert "Retry all given-up jobs of the scope…" in page
+    form = {
+        "csrf_token": csrf_of(page),
+        "scope": SCOPE,
+        "state": "given_up",
+        "verb": "retry",
+        "back": "//evil.example/phish",
+    }
+    confirm = client.post("/bulk", data=form)
+    assert "Retry 2 given-up jobs?" in confirm.text
+    assert "evil.example" not in confirm.text  # the way back stays on this site
+    up_to = re.search(r'name="up_to" value="(\d+)"', confirm.text)
+    assert up_to is not None
+    done = client.post("/bulk", data={**form, "confirm": "yes", "up_to": up_to.group(1)})
+    assert done.headers["location"].startswith("/queues?")
+    for job in jobs:
+        again = node.get_job(job.id)
+        assert again is not None and again.pending
