@@ -21,7 +21,7 @@ from queuetopia_py._status import QueueStatus, Suspension
 from queuetopia_py._store.control import read_suspensions
 from queuetopia_py._store.database import Database
 from queuetopia_py._store.inspection import failed_counts, queue_statuses, read_summaries
-from queuetopia_py._store.jobs import follows
+from queuetopia_py._store.jobs import JobStore, follows
 
 #: The minute counts look at this many of a table's newest jobs at most.
 CHART_WINDOW = 100_000
@@ -107,6 +107,12 @@ class Board:
     def __init__(self, db: Database, scope: str) -> None:
         self.db = db
         self.scope = scope
+        self._jobs = JobStore(db, scope)
+
+    def count_jobs(self, queue: str | None, state: str) -> int:
+        """How many jobs of `queue` (None: of the scope) are stored in `state` (one
+        count, no listing)."""
+        return self._jobs.count(queue=queue, state=state)
 
     # -- sections --------------------------------------------------------------------
 

@@ -131,10 +131,9 @@ async def bulk(request: Request) -> Response:
     instance = d.scopes.scope(scope)
     if form.get("confirm") != "yes":
         # Jobs created from now on have higher ids: the confirmation does not take them.
-        up_to = await run_in_threadpool(d.scopes.board(scope).newest_id)
-        jobs = await run_in_threadpool(
-            lambda: instance.paginate_jobs(1, 1, queue=queue, state=state)
-        )
+        board = d.scopes.board(scope)
+        up_to = await run_in_threadpool(board.newest_id)
+        count = await run_in_threadpool(board.count_jobs, queue, state)
         return render(
             request,
             "confirm.html",
@@ -142,7 +141,7 @@ async def bulk(request: Request) -> Response:
             queue=queue,
             state=state,
             verb=verb,
-            count=jobs.total,
+            count=count,
             limit=BULK_LIMIT,
             up_to=up_to,
             back_to=_back_path(request, form),

@@ -132,11 +132,13 @@ async def queue(request: Request) -> Response:
     after = _job_id(request.query_params.get("after"))
 
     def read() -> dict[str, Any]:
-        instance = d.scopes.scope(scope)
-        seen = digest(d.scopes.board(scope).fingerprint())  # before what the page shows
-        jobs = instance.list_jobs(name, state=state, limit=JOBS_PER_PAGE + 1, after=after)
-        counts = {s: instance.paginate_jobs(1, 1, queue=name, state=s).total for s in BULK_VERBS}
-        status = d.scopes.board(scope).queue(name)
+        board = d.scopes.board(scope)
+        seen = digest(board.fingerprint())  # before what the page shows
+        jobs = d.scopes.scope(scope).list_jobs(
+            name, state=state, limit=JOBS_PER_PAGE + 1, after=after
+        )
+        counts = {s: board.count_jobs(name, s) for s in BULK_VERBS}
+        status = board.queue(name)
         return {"status": status, "jobs": jobs, "counts": counts, "seen": seen}
 
     found = await run_in_threadpool(read)
@@ -174,9 +176,10 @@ async def job(request: Request) -> Response:
 
     def read() -> tuple[Job, Any, str]:
         instance = d.scopes.instance_of(job_id, None)
-        seen = digest(d.scopes.board(instance.scope).fingerprint())  # before the job
+        board = d.scopes.board(instance.scope)
+        seen = digest(board.fingerprint())  # before the job
         found = d.scopes.job(job_id, instance.scope)
-        status = d.scopes.board(found.scope).queue(found.queue)
+        status = board.queue(found.queue)
         return found, status, seen
 
     try:
